@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from neruba.errors import Conflict, NerubaError, NotFound
+
+
+class PlanNotFound(NotFound):
+    code = "plan_not_found"
+    message = "No plan with that code."
+
+
+class InvalidTiers(NerubaError):
+    code = "invalid_tiers"
+    message = "Graduated tiers must ascend, end with an open tier (up_to null) and have prices."
+
+
+class SubscriptionOverlap(Conflict):
+    code = "subscription_overlap"
+    message = "The customer already has a subscription to this plan over that period."
+
+
+class CurrencyMismatch(NerubaError):
+    code = "currency_mismatch"
+    message = "The plan's currency differs from the customer's currency."

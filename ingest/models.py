@@ -1,0 +1,153 @@
+"""Ingest: meter definitions, usage events, one batch per request and each rejected item."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from neruba.models import ApiKey, Customer
+
+
+class Aggregation(models.TextChoices):
+    COUNT = "count", "count"
+    SUM = "sum", "sum"
+    MAX = "max", "max"
+    UNIQUE_COUNT = "unique_count", "unique count"
+
+
+class Outcome(models.TextChoices):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+    REPLAY = "replay"
+
+
+class Metric(models.Model):
+    code = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    aggregation = models.CharField(max_length=20, choices=Aggregation.choices)
+    field = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Property carrying the value (sum, max) or the distinct key (unique_count).",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class IngestBatch(models.Model):
+    """One per ingest request (or replay run): who sent it, how big, what happened to each item."""
+
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key_prefix = models.CharField(max_length=16, blank=True, db_index=True)
+    source = models.CharField(max_length=20, default="api")
+    request_id = models.CharField(max_length=64, blank=True)
+    size = models.PositiveIntegerField(default=0)
+    bytes = models.PositiveIntegerField(default=0)
+    accepted = models.PositiveIntegerField(default=0)
+    duplicate = models.PositiveIntegerField(default=0)
+    conflict = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    replay = models.PositiveIntegerField(default=0)
+    duration_ms = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        verbose_name_plural = "ingest batches"
+
+    def __str__(self) -> str:
+        return f"Batch {self.pk} ({self.size} items)"
+
+
+class UsageEvent(models.Model):
+    """A stored usage event. The idempotency key is unique forever."""
+
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="usage_events")
+    metric = models.ForeignKey(Metric, on_delete=models.PROTECT, related_name="usage_events")
+    timestamp = models.DateTimeField()
+    # The metric's field extracted at ingest so billing aggregates in SQL.
+    value = models.DecimalField(max_digits=30, decimal_places=10, null=True, blank=True)
+    distinct_value = models.CharField(max_length=255, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    payload_hash = models.CharField(max_length=64)
+    received_at = models.DateTimeField(default=timezone.now)
+    # Batches are pruned by retention; the id stays as a trace, without a constraint.
+    batch = models.ForeignKey(
+        IngestBatch,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="events",
+    )
+    source = models.CharField(max_length=20, default="api")
+    late = models.BooleanField(default=False)
+    rejection = models.OneToOneField(
+        "IngestRejection",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="replayed_event",
+    )
+    duplicate_count = models.PositiveIntegerField(default=0)
+    last_duplicate_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["customer", "metric", "timestamp"], name="usage_billing_idx"),
+            models.Index(fields=["customer", "-timestamp"], name="usage_customer_recent_idx"),
+            models.Index(fields=["received_at"], name="usage_received_idx"),
+            models.Index(
+                fields=["received_at"], condition=models.Q(late=True), name="usage_late_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.idempotency_key
+
+
+class IngestRejection(models.Model):
+    """A failed or conflicting item, with the raw payload exactly as the client sent it."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        REPLAYED = "replayed"
+
+    batch = models.ForeignKey(
+        IngestBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="rejections"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    idempotency_key = models.CharField(max_length=255, blank=True, db_index=True)
+    customer_ref = models.CharField(max_length=200, blank=True, db_index=True)
+    metric_ref = models.CharField(max_length=100, blank=True, db_index=True)
+    api_key_prefix = models.CharField(max_length=16, blank=True, db_index=True)
+    error_code = models.CharField(max_length=50, db_index=True)
+    error_message = models.TextField()
+    raw_payload = models.JSONField()
+    original_event = models.ForeignKey(
+        UsageEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="conflicts"
+    )
+    differing_fields = models.JSONField(default=list, blank=True)
+    replay_attempts = models.PositiveIntegerField(default=0)
+    last_replayed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("replay_ingestrejection", "Can replay failed ingest items")]
+        indexes = [models.Index(fields=["status", "error_code", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.outcome} {self.idempotency_key or '(no key)'}: {self.error_code}"

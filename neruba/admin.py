@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+from django.utils import timezone
+
+from neruba import locks, services
+from neruba.admin_actions import GuardedAdminMixin, ReadOnlyAdminMixin, guarded_action
+from neruba.admin_site import console
+from neruba.models import ApiKey, AuditEntry, Customer, SchedulerLock, SupportNote
+
+
+@admin.register(Customer, site=console)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "name", "email", "currency", "stripe_customer_id", "created_at"]
+    search_fields = ["external_id", "name", "email", "stripe_customer_id"]
+    list_filter = ["currency"]
+    show_full_result_count = False
+    readonly_fields = ["created_at"]
+
+    def save_model(self, request: HttpRequest, obj: Customer, form: Any, change: bool) -> None:
+        # Through the services so the change is audited like any other entry point.
+        if change:
+            services.customer_update(
+                customer=obj,
+                changes={f: getattr(obj, f) for f in form.changed_data},
+                actor=request.user,
+                reason="edited in console",
+            )
+        else:
+            created = services.customer_create(
+                external_id=obj.external_id,
+                name=obj.name,
+                email=obj.email,
+                currency=obj.currency,
+                stripe_customer_id=obj.stripe_customer_id,
+                actor=request.user,
+            )
+            obj.pk = created.pk
+
+
+def _revoke(api_key: ApiKey, actor: Any, reason: str) -> str | None:
+    if api_key.revoked:
+        return "skipped"
+    services.api_key_revoke(api_key=api_key, actor=actor, reason=reason)
+    return None
+
+
+@admin.register(ApiKey, site=console)
+class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
+    list_display = ["name", "prefix", "scopes", "created", "revoked", "expiry_date"]
+    list_filter = ["revoked"]
+    search_fields = ["name", "prefix"]
+    fields = ["name", "scopes", "expiry_date", "prefix", "created", "revoked", "revoked_at"]
+    readonly_fields = ["prefix", "created", "revoked", "revoked_at"]
+    show_full_result_count = False
+    actions = [
+        guarded_action(
+            name="revoke_keys",
+            label="Revoke API keys",
+            permission="neruba.change_apikey",
+            perform=_revoke,
+            preview=lambda k: "already revoked" if k.revoked else f"key {k.prefix}… stops working",
+        )
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is not None:
+            return [*self.readonly_fields, "name", "scopes", "expiry_date"]
+        return list(self.readonly_fields)
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            return
+        created, raw = services.api_key_create(
+            name=obj.name, scopes=obj.scopes, expiry_date=obj.expiry_date, actor=request.user
+        )
+        obj.pk = created.pk
+        messages.warning(
+            request, f"The API key is {raw} — copy it now; it is shown once and stored hashed."
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: ApiKey | None = None) -> bool:
+        return False
+
+
+@admin.register(AuditEntry, site=console)
+class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id",
+        "customer",
+        "reason",
+    ]
+    list_filter = ["action", "target_type", "actor_label"]
+    search_fields = ["target_id", "reason", "actor_label"]
+    list_select_related = ["customer"]
+    raw_id_fields = ["customer", "actor"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+
+def _lock_expired(lock: SchedulerLock) -> bool:
+    return not lock.holder or lock.expires_at is None or lock.expires_at <= timezone.now()
+
+
+@admin.register(SchedulerLock, site=console)
+class SchedulerLockAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "name",
+        "holder",
+        "token",
+        "acquired_at",
+        "heartbeat_at",
+        "expires_at",
+        "is_expired",
+    ]
+    object_actions = ["release_locks"]
+    actions = [
+        guarded_action(
+            name="release_locks",
+            label="Release expired locks",
+            permission="neruba.release_schedulerlock",
+            perform=lambda lock, actor, reason: (
+                locks.lock_force_release(lock=lock, actor=actor, reason=reason) and None
+            ),
+            preview=lambda lock: (
+                f"holder {lock.holder or '(none)'} (token {lock.token}) is "
+                "cleared; the next scan takes a new token"
+            ),
+            eligible=_lock_expired,
+            explanation="Only expired leases can be released: a live holder may still be writing.",
+        )
+    ]
+
+    @admin.display(boolean=True, description="expired")
+    def is_expired(self, obj: SchedulerLock) -> bool:
+        return _lock_expired(obj)
+
+
+@admin.register(SupportNote, site=console)
+class SupportNoteAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["created_at", "author", "content_type", "object_id", "customer", "body"]
+    list_select_related = ["author", "content_type", "customer"]
+    search_fields = ["body", "object_id"]
+    show_full_result_count = False

@@ -1,0 +1,299 @@
+"""The guarded admin action: permission check -> confirmation page that shows what will happen
+-> reason required -> service call (which writes the audit entry in its own transaction) ->
+message with counts. Every state-changing console action is built with ``guarded_action``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from neruba.errors import NerubaError
+
+MAX_OBJECTS = 500
+MAX_PREVIEWS = 50
+
+Preview = Callable[[Any], "str | dict[str, Any] | list[Any]"]
+Perform = Callable[[Any, Any, str], "str | None"]
+
+
+@dataclass
+class ActionOutcome:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self, label: str) -> str:
+        text = f"{label}: {self.done} done, {self.skipped} skipped, {self.failed} failed."
+        if self.errors:
+            text += " " + "; ".join(self.errors[:5])
+        return text
+
+
+def guarded_action(
+    *,
+    name: str,
+    label: str,
+    permission: str,
+    perform: Perform,
+    preview: Preview | None = None,
+    explanation: str = "",
+    eligible: Callable[[Any], bool] | None = None,
+) -> Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Any]], HttpResponse | None]:
+    """Builds an admin action.
+
+    ``perform(obj, actor, reason)`` calls the service and returns ``"skipped"`` when there was
+    nothing to do; raising ``NerubaError`` counts the object as failed with its message.
+    ``preview(obj)`` describes what will happen (a dry run) for the confirmation page.
+    """
+
+    def action(
+        modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> HttpResponse | None:
+        if not request.user.has_perm(permission):
+            raise PermissionDenied(f"{label} needs the {permission} permission.")
+        objects = list(queryset[:MAX_OBJECTS])
+        reason = request.POST.get("reason", "").strip()
+        reason_missing = False
+        if request.POST.get("confirm") == "yes":
+            if reason:
+                outcome = ActionOutcome()
+                for obj in objects:
+                    if eligible is not None and not eligible(obj):
+                        outcome.skipped += 1
+                        continue
+                    try:
+                        result = perform(obj, request.user, reason)
+                    except NerubaError as exc:
+                        outcome.failed += 1
+                        outcome.errors.append(f"{obj}: {exc.message}")
+                        continue
+                    if result == "skipped":
+                        outcome.skipped += 1
+                    else:
+                        outcome.done += 1
+                level = messages.ERROR if outcome.failed else messages.SUCCESS
+                modeladmin.message_user(request, outcome.summary(label), level)
+                return None
+            reason_missing = True
+        rows = []
+        for obj in objects[:MAX_PREVIEWS]:
+            ok = eligible(obj) if eligible is not None else True
+            try:
+                shown = preview(obj) if (preview is not None and ok) else None
+            except NerubaError as exc:
+                shown, ok = f"Will fail: {exc.message}", False
+            rows.append({"object": obj, "preview": shown, "eligible": ok})
+        opts = modeladmin.model._meta
+        context = {
+            **modeladmin.admin_site.each_context(request),
+            "title": f"Confirm: {label}",
+            "label": label,
+            "explanation": explanation,
+            "opts": opts,
+            "rows": rows,
+            "more": max(0, len(objects) - MAX_PREVIEWS),
+            "count": len(objects),
+            "action_name": name,
+            "selected": [str(o.pk) for o in objects],
+            "reason": reason,
+            "reason_missing": reason_missing,
+            "cancel_url": request.get_full_path(),
+            "is_object_action": bool(
+                request.resolver_match
+                and request.resolver_match.url_name
+                and request.resolver_match.url_name.endswith("_object_action")
+            ),
+        }
+        return TemplateResponse(request, "admin/neruba/guarded_action.html", context)
+
+    action.__name__ = name
+    action.short_description = label  # type: ignore[attr-defined]
+    action.guarded_permission = permission  # type: ignore[attr-defined]
+    return action
+
+
+class GuardedAdminMixin:
+    """Hides guarded actions from users without their permission, and serves them for one
+    object at ``<pk>/action/<name>/`` (the buttons in ``object_actions`` on the change page)."""
+
+    object_actions: Sequence[str] = ()
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)  # type: ignore[misc]
+        return {
+            key: value
+            for key, value in actions.items()
+            if not hasattr(value[0], "guarded_permission")
+            or request.user.has_perm(value[0].guarded_permission)
+        }
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        name = f"{opts.app_label}_{opts.model_name}_object_action"
+        extra = [
+            path(
+                "<path:object_id>/action/<str:action>/",
+                self.admin_site.admin_view(self.object_action_view),  # type: ignore[attr-defined]
+                name=name,
+            )
+        ]
+        return extra + super().get_urls()  # type: ignore[misc]
+
+    def object_action_view(self, request: HttpRequest, object_id: str, action: str) -> HttpResponse:
+        if action not in self.object_actions:
+            raise PermissionDenied("Unknown action.")
+        func = getattr(self, action, None) or dict(
+            (f.__name__, f)
+            for f in self.actions or ()  # type: ignore[attr-defined]
+        ).get(action)
+        if func is None:
+            raise PermissionDenied("Unknown action.")
+        queryset = self.model._default_manager.filter(pk=object_id)  # type: ignore[attr-defined]
+        if not queryset.exists():
+            raise PermissionDenied("No such object.")
+        bound = func if hasattr(func, "__self__") else (lambda r, q: func(self, r, q))
+        response = bound(request, queryset)
+        if response is not None:
+            return response
+        opts = self.model._meta  # type: ignore[attr-defined]
+        return HttpResponseRedirect(
+            reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id])
+        )
+
+    def object_action_buttons(self, request: HttpRequest, obj: Model) -> list[dict[str, str]]:
+        buttons = []
+        opts = obj._meta
+        actions = {f.__name__: f for f in self.actions or ()}  # type: ignore[attr-defined]
+        for action in self.object_actions:
+            func = getattr(self, action, None) or actions.get(action)
+            if func is None:
+                continue
+            perm = getattr(func, "guarded_permission", None)
+            if perm and not request.user.has_perm(perm):
+                continue
+            buttons.append(
+                {
+                    "label": str(getattr(func, "short_description", action)),
+                    "url": reverse(
+                        f"admin:{opts.app_label}_{opts.model_name}_object_action",
+                        args=[obj.pk, action],
+                    ),
+                }
+            )
+        return buttons
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra_context = extra_context or {}
+        obj = self.get_object(request, object_id)  # type: ignore[attr-defined]
+        if obj is not None:
+            extra_context["object_action_buttons"] = self.object_action_buttons(request, obj)
+        return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+
+
+class ReadOnlyAdminMixin:
+    """Records of fact: viewable, never added, changed or deleted from the console."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+class AuditedAdminMixin:
+    """Plain console edits of reference data (catalog, meters) are audited too: the save and
+    its audit entry commit together, with the fields before and after."""
+
+    def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
+        from django.db import transaction
+        from django.forms.models import model_to_dict
+
+        from neruba import audit
+
+        with transaction.atomic():
+            before = None
+            if change:
+                before = model_to_dict(type(obj)._default_manager.get(pk=obj.pk))
+            super().save_model(request, obj, form, change)  # type: ignore[misc]
+            audit.record(
+                actor=request.user,
+                action=f"{obj._meta.model_name}.{'update' if change else 'create'}",
+                target=obj,
+                reason="console edit",
+                before=before,
+                after=model_to_dict(obj),
+                customer=getattr(obj, "customer", None),
+            )
+
+    def delete_model(self, request: HttpRequest, obj: Model) -> None:
+        from django.db import transaction
+        from django.forms.models import model_to_dict
+
+        from neruba import audit
+
+        with transaction.atomic():
+            audit.record(
+                actor=request.user,
+                action=f"{obj._meta.model_name}.delete",
+                target=obj,
+                reason="console delete",
+                before=model_to_dict(obj),
+            )
+            super().delete_model(request, obj)  # type: ignore[misc]
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        from django.db import transaction
+        from django.forms.models import model_to_dict
+
+        from neruba import audit
+
+        with transaction.atomic():
+            super().save_formset(request, form, formset, change)  # type: ignore[misc]
+            for obj in formset.new_objects:
+                audit.record(
+                    actor=request.user,
+                    action=f"{obj._meta.model_name}.create",
+                    target=obj,
+                    reason="console edit",
+                    after=model_to_dict(obj),
+                )
+            for obj, fields in formset.changed_objects:
+                audit.record(
+                    actor=request.user,
+                    action=f"{obj._meta.model_name}.update",
+                    target=obj,
+                    reason="console edit",
+                    after={**model_to_dict(obj), "changed": fields},
+                )
+            for obj in formset.deleted_objects:
+                audit.record(
+                    actor=request.user,
+                    action=f"{obj._meta.model_name}.delete",
+                    target_type=obj._meta.label_lower,
+                    target_id=str(obj.pk),
+                    reason="console edit",
+                    before=model_to_dict(obj),
+                )
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for obj in queryset:
+            self.delete_model(request, obj)

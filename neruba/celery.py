@@ -1,0 +1,25 @@
+"""The Celery app. Beat names tasks by string so the kernel imports no app."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "neruba.settings")
+
+app = Celery("neruba")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+def _beat_schedule() -> dict[str, dict[str, object]]:
+    """Every periodic task, named by string. Intervals come from the configuration list."""
+    return {
+        "scheduler-heartbeat": {"task": "operations.heartbeat", "schedule": 30.0},
+    }
+
+
+@app.on_after_configure.connect
+def _setup_beat(sender: Celery, **kwargs: object) -> None:
+    sender.conf.beat_schedule = _beat_schedule()

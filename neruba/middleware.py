@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from neruba import context
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (or keeps a well-formed X-Request-ID from the proxy), puts it in
+    the log context and echoes it in the response. It never touches the body."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        incoming = request.headers.get("X-Request-ID", "")
+        rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        request.request_id = rid  # type: ignore[attr-defined]
+        tokens = [context.request_id.set(rid)]
+        try:
+            response = self.get_response(request)
+        finally:
+            for token in tokens:
+                context.request_id.reset(token)
+            context.api_key_prefix.set("")
+            context.idempotency_key.set("")
+            context.stripe_event_id.set("")
+        response["X-Request-ID"] = rid
+        return response

@@ -1,0 +1,123 @@
+"""Kernel models: customers, API keys, the audit log, scheduler locks and support notes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.utils import timezone
+from rest_framework_api_key.models import AbstractAPIKey
+
+SCOPES = ("ingest", "read", "write")
+
+
+class Customer(models.Model):
+    external_id = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200)
+    email = models.EmailField(blank=True)
+    currency = models.CharField(max_length=3, default="USD")
+    stripe_customer_id = models.CharField(max_length=100, blank=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["external_id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_id})"
+
+
+class ApiKey(AbstractAPIKey):
+    """API key, hashed at rest (SHA-512 of a high-entropy key); only ``prefix`` is visible."""
+
+    scopes = models.JSONField(default=list, help_text="Any of: ingest, read, write.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
+
+
+class AuditEntry(models.Model):
+    """Append-only: there is no update or delete path anywhere, the console included."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150, help_text="Username, api key or 'system'.")
+    action = models.CharField(max_length=100, db_index=True)
+    target_type = models.CharField(max_length=100, db_index=True)
+    target_id = models.CharField(max_length=200, db_index=True)
+    target_repr = models.CharField(max_length=300, blank=True)
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="audit_entries"
+    )
+    reason = models.TextField(blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [models.Index(fields=["target_type", "target_id", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.target_type}:{self.target_id} by {self.actor_label}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise RuntimeError("Audit entries are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise RuntimeError("Audit entries are append-only.")
+
+
+class SchedulerLock(models.Model):
+    """A lease lock with a fencing token; see ``neruba.locks``."""
+
+    name = models.CharField(max_length=100, unique=True)
+    holder = models.CharField(max_length=200, blank=True)
+    token = models.BigIntegerField(default=0)
+    acquired_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("release_schedulerlock", "Can release an expired scheduler lock")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SupportNote(models.Model):
+    """A note on any record (customer, invoice, event, webhook event). Notes are never edited:
+    a correction is another note."""
+
+    content_type = models.ForeignKey(ContentType, on_delete=models.PROTECT)
+    object_id = models.CharField(max_length=200)
+    target = GenericForeignKey("content_type", "object_id")
+    customer = models.ForeignKey(
+        Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="support_notes"
+    )
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["content_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"Note by {self.author_id} on {self.content_type_id}:{self.object_id}"

@@ -1,0 +1,107 @@
+"""Readiness checks. Each returns (ok, detail) and never raises."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+from operations.models import Heartbeat
+
+Check = Callable[[], tuple[bool, str]]
+
+
+def check_database() -> tuple[bool, str]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True, f"{connection.vendor} reachable"
+    except DatabaseError as exc:
+        return False, f"database unreachable: {exc.__class__.__name__}"
+
+
+def check_migrations() -> tuple[bool, str]:
+    try:
+        executor = MigrationExecutor(connection)
+        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError as exc:
+        return False, f"cannot read migration state: {exc.__class__.__name__}"
+    if plan:
+        names = ", ".join(f"{m.app_label}.{m.name}" for m, _ in plan[:5])
+        return False, f"{len(plan)} unapplied migration(s): {names}"
+    return True, "all migrations applied"
+
+
+def check_broker() -> tuple[bool, str]:
+    url = settings.REDIS_URL
+    if url:
+        import redis
+
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+            return True, "redis reachable"
+        except redis.RedisError as exc:
+            return False, f"redis unreachable: {exc.__class__.__name__}"
+    folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]
+    import os
+
+    if os.path.isdir(folder) and os.access(folder, os.W_OK):
+        return True, "filesystem broker (development)"
+    return False, f"filesystem broker folder {folder} is not writable"
+
+
+def check_scheduler() -> tuple[bool, str]:
+    max_age = timedelta(seconds=settings.NERUBA["NERUBA_HEARTBEAT_MAX_AGE"])
+    try:
+        beat = Heartbeat.objects.filter(name="beat").first()
+    except DatabaseError:
+        return False, "heartbeat table unreadable"
+    if beat is None:
+        return False, "no scheduler heartbeat yet: is celery beat running?"
+    age = timezone.now() - beat.seen_at
+    if age > max_age:
+        return False, f"scheduler heartbeat is {int(age.total_seconds())}s old"
+    return True, f"scheduler heartbeat {int(age.total_seconds())}s ago"
+
+
+def check_settings() -> tuple[bool, str]:
+    fatal = settings.CONFIG.fatal
+    if fatal:
+        return False, f"{len(fatal)} fatal configuration problem(s): run manage.py check_env"
+    return True, f"{settings.NERUBA_ENV} settings valid"
+
+
+CHECKS: dict[str, Check] = {
+    "database": check_database,
+    "migrations": check_migrations,
+    "broker": check_broker,
+    "scheduler": check_scheduler,
+    "settings": check_settings,
+}
+
+
+def readiness() -> tuple[bool, dict[str, dict[str, object]]]:
+    results = {}
+    for name, check in CHECKS.items():
+        ok, detail = check()
+        results[name] = {"ok": ok, "detail": detail}
+        if name == "database" and not ok:
+            # Nothing else can be read without the database.
+            for rest in list(CHECKS)[1:]:
+                if rest in ("broker", "settings"):
+                    ok2, detail2 = CHECKS[rest]()
+                    results[rest] = {"ok": ok2, "detail": detail2}
+                else:
+                    results[rest] = {"ok": False, "detail": "skipped: database unreachable"}
+            break
+    return all(r["ok"] for r in results.values()), results
+
+
+def heartbeat_record(*, name: str, detail: str = "") -> None:
+    Heartbeat.objects.update_or_create(
+        name=name, defaults={"seen_at": timezone.now(), "detail": detail[:200]}
+    )
