@@ -151,3 +151,18 @@ class IngestRejection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.outcome} {self.idempotency_key or '(no key)'}: {self.error_code}"
+
+
+class InvoicedWatermark(models.Model):
+    """How far a customer's usage has been invoiced. Billing advances it (billing may call
+    ingest; ingest never imports billing); ingest flags events older than it as ``late`` so the
+    drift sweep re-checks their windows."""
+
+    customer = models.OneToOneField(
+        Customer, on_delete=models.CASCADE, related_name="invoiced_watermark"
+    )
+    invoiced_through = models.DateTimeField()
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} invoiced through {self.invoiced_through:%Y-%m-%d %H:%M}"

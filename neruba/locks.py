@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from neruba import audit
 from neruba.errors import NerubaError
+from neruba.metrics import LOCK_ACQUISITIONS
 from neruba.models import SchedulerLock
 
 
@@ -76,8 +77,10 @@ def lock_acquire(
         if taken:
             # Our UPDATE holds the row lock until commit, so this reads our own token.
             token = SchedulerLock.objects.filter(name=name).values_list("token", flat=True).get()
+            LOCK_ACQUISITIONS.labels(lock=name, result="acquired").inc()
             return Lease(name=name, holder=holder, token=token)
     if SchedulerLock.objects.filter(name=name).exists():
+        LOCK_ACQUISITIONS.labels(lock=name, result="held").inc()
         return None
     try:
         with transaction.atomic():
@@ -90,7 +93,9 @@ def lock_acquire(
                 expires_at=expires,
             )
     except IntegrityError:
+        LOCK_ACQUISITIONS.labels(lock=name, result="held").inc()
         return None  # another process inserted it first and holds it
+    LOCK_ACQUISITIONS.labels(lock=name, result="acquired").inc()
     return Lease(name=name, holder=holder, token=1)
 
 
