@@ -33,3 +33,16 @@ class RequestIdMiddleware:
             context.stripe_event_id.set("")
         response["X-Request-ID"] = rid
         return response
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client address: REMOTE_ADDR, or the address our own proxy appended to
+    X-Forwarded-For when NERUBA_TRUST_PROXY_HEADERS is on (earlier entries are client-controlled
+    and never trusted)."""
+    from django.conf import settings
+
+    if settings.NERUBA.get("NERUBA_TRUST_PROXY_HEADERS"):
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if forwarded:
+            return forwarded.split(",")[-1].strip()
+    return request.META.get("REMOTE_ADDR", "") or "unknown"

@@ -8,6 +8,7 @@ from django.views.generic import RedirectView
 
 from neruba.admin_site import console
 from operations import views as ops_views
+from operations.metrics import metrics_view
 
 admin.autodiscover()
 
@@ -20,6 +21,7 @@ api_v1 = [
 urlpatterns = [
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("openapi.json", ops_views.openapi_schema, name="openapi-schema"),
     path("docs", ops_views.docs, name="docs"),
     path("webhooks/", include("webhooks.urls")),

@@ -1,0 +1,103 @@
+"""``/metrics``: Prometheus text for the process counters (multiprocess-aware) plus backlog
+gauges read from the database at scrape time."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Min
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from billing.models import DriftFinding
+from ingest.models import IngestRejection
+from operations.models import Heartbeat
+from webhooks.models import StripeEvent
+
+
+class BacklogCollector(Collector):
+    """What is waiting for a person or a retry. Computed per scrape, never cached, so it is
+    right whichever process answers."""
+
+    def collect(self) -> Iterator[Metric]:
+        now = timezone.now()
+        try:
+            webhook = GaugeMetricFamily(
+                "neruba_webhook_events_backlog",
+                "Stripe events needing attention, by status.",
+                labels=["status"],
+            )
+            for status in ("failed", "dead", "received", "processing"):
+                webhook.add_metric([status], StripeEvent.objects.filter(status=status).count())
+            yield webhook
+            yield GaugeMetricFamily(
+                "neruba_ingest_rejections_open",
+                "Ingest rejections not yet replayed.",
+                value=IngestRejection.objects.filter(status="open").count(),
+            )
+            yield GaugeMetricFamily(
+                "neruba_drift_findings_open",
+                "Open drift findings.",
+                value=DriftFinding.objects.filter(status="open").count(),
+            )
+            oldest = StripeEvent.objects.filter(
+                status__in=["received", "processing", "failed"]
+            ).aggregate(oldest=Min("received_at"))["oldest"]
+            yield GaugeMetricFamily(
+                "neruba_webhook_oldest_unprocessed_age_seconds",
+                "Age of the oldest Stripe event not yet processed (0 when none).",
+                value=(now - oldest).total_seconds() if oldest else 0,
+            )
+            beat = Heartbeat.objects.filter(name="beat").values_list("seen_at", flat=True).first()
+            yield GaugeMetricFamily(
+                "neruba_scheduler_heartbeat_age_seconds",
+                "Seconds since celery beat last recorded a heartbeat (-1 when never).",
+                value=(now - beat).total_seconds() if beat else -1,
+            )
+            yield GaugeMetricFamily(
+                "neruba_backlog_scrape_ok", "1 when the backlog was read.", value=1
+            )
+        except DatabaseError:
+            yield GaugeMetricFamily(
+                "neruba_backlog_scrape_ok", "1 when the backlog was read.", value=0
+            )
+
+
+_backlog_registry = CollectorRegistry(auto_describe=False)
+_backlog_registry.register(BacklogCollector())
+
+
+def _authorized(request: HttpRequest) -> bool:
+    token = settings.NERUBA.get("METRICS_TOKEN") or ""
+    if not token:
+        return True
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not _authorized(request):
+        response = HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # gunicorn workers and Celery processes each write their own files; add them up.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    body = generate_latest(registry) + generate_latest(_backlog_registry)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
