@@ -21,6 +21,8 @@ ENVIRONMENTS = ("development", "production", "test")
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEV_SECRET_KEY = "dev-insecure-neruba-secret-key-change-me-in-production-0123456789"
+# Signs smoke and demo webhook events in development; refused in production (see load()).
+DEV_WEBHOOK_SECRET = "whsec_ZGV2LW5lcnViYS1sb2NhbC1vbmx5"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -268,9 +270,11 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "STRIPE_WEBHOOK_SECRETS",
         "list",
-        "",
-        "Comma-separated webhook signing secrets (several during rotation).",
+        DEV_WEBHOOK_SECRET,
+        "Comma-separated webhook signing secrets (several during rotation). Development has a "
+        "local-only default so `smoke` can sign its own event; production refuses it.",
         secret=True,
+        production_default="",
     ),
     Var(
         "STRIPE_WEBHOOK_TOLERANCE",
@@ -424,6 +428,10 @@ def load(environ: Mapping[str, str]) -> Config:
                 "STRIPE_WEBHOOK_SECRETS",
                 "Stripe is enabled (STRIPE_SECRET_KEY) but no webhook secret is set",
             )
+        )
+    if production and DEV_WEBHOOK_SECRET in config.values["STRIPE_WEBHOOK_SECRETS"]:
+        problems.append(
+            Problem("fatal", "STRIPE_WEBHOOK_SECRETS", "contains the development secret")
         )
     for secret in config.values["STRIPE_WEBHOOK_SECRETS"]:
         if not secret.startswith("whsec_"):
