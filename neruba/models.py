@@ -46,6 +46,20 @@ class ApiKey(AbstractAPIKey):
         return scope in (self.scopes or [])
 
 
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    """Bulk UPDATE and DELETE skip ``save()`` and ``delete()``; refuse them here too, so no ORM
+    path rewrites history (on PostgreSQL a trigger also refuses raw SQL)."""
+
+    def update(self, **kwargs: Any) -> int:
+        raise RuntimeError("Audit entries are append-only.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise RuntimeError("Audit entries are append-only.")
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("Audit entries are append-only.")
+
+
 class AuditEntry(models.Model):
     """Append-only: there is no update or delete path anywhere, the console included."""
 
@@ -65,6 +79,8 @@ class AuditEntry(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     request_id = models.CharField(max_length=64, blank=True)
+
+    objects = AuditEntryQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

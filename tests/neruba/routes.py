@@ -64,3 +64,15 @@ def api_operations() -> list[tuple[Route, str, str]]:
         for route in api_routes()
         for method, scope in sorted(getattr(route.view_class, "required_scopes", {}).items())
     ]
+
+
+def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    """Asserts the envelope ``{"error": {"code", "message", "details"}}``; returns its body."""
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["details"], dict)
+    return body["error"]

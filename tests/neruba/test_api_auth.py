@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from neruba import services
 from neruba.models import SCOPES, ApiKey
-from tests.neruba.routes import api_operations, api_routes
+from tests.neruba.routes import api_operations, api_routes, assert_error
 
 OPERATIONS = api_operations()
 IDS = [f"{method} /{route.route}" for route, method, _ in OPERATIONS]
@@ -21,17 +21,6 @@ IDS = [f"{method} /{route.route}" for route, method, _ in OPERATIONS]
 
 def call(client: APIClient, method: str, url: str) -> Any:
     return getattr(client, method.lower())(url, {}, format="json")
-
-
-def assert_envelope(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert isinstance(body["error"]["details"], dict)
-    return body["error"]
 
 
 def client_with(raw: str) -> APIClient:
@@ -63,7 +52,7 @@ def test_every_api_method_names_its_scope(route: Any) -> None:
 @pytest.mark.parametrize(("route", "method", "scope"), OPERATIONS, ids=IDS)
 def test_every_endpoint_answers_401_without_a_key(route: Any, method: str, scope: str) -> None:
     response = call(APIClient(), method, route.url)
-    error = assert_envelope(response, 401, "not_authenticated")
+    error = assert_error(response, 401, "not_authenticated")
     assert "Api-Key" in error["message"]
     assert response["WWW-Authenticate"] == "Api-Key"
 
@@ -74,7 +63,7 @@ def test_every_endpoint_answers_403_to_a_key_without_the_scope(
     route: Any, method: str, scope: str, make_api_key: Callable[..., tuple[ApiKey, str]]
 ) -> None:
     _, raw = make_api_key(*[s for s in SCOPES if s != scope])
-    error = assert_envelope(call(client_with(raw), method, route.url), 403, "missing_scope")
+    error = assert_error(call(client_with(raw), method, route.url), 403, "missing_scope")
     assert f"`{scope}`" in error["message"]
 
 
@@ -95,7 +84,7 @@ def test_a_key_with_only_the_needed_scope_gets_past_auth(
 def test_an_invalid_key_is_refused_with_authentication_failed(header: str) -> None:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=header)
-    assert_envelope(client.get("/api/v1/customers"), 401, "authentication_failed")
+    assert_error(client.get("/api/v1/customers"), 401, "authentication_failed")
 
 
 @pytest.mark.django_db
@@ -105,7 +94,7 @@ def test_a_key_with_a_wrong_secret_but_a_real_prefix_is_refused(
     api_key, raw = make_api_key("read")
     forged = f"{api_key.prefix}.{'x' * (len(raw) - len(api_key.prefix) - 1)}"
     assert forged != raw
-    assert_envelope(client_with(forged).get("/api/v1/customers"), 401, "authentication_failed")
+    assert_error(client_with(forged).get("/api/v1/customers"), 401, "authentication_failed")
 
 
 @pytest.mark.django_db
@@ -113,7 +102,7 @@ def test_a_revoked_key_is_refused(make_api_key: Callable[..., tuple[ApiKey, str]
     api_key, raw = make_api_key("read")
     assert client_with(raw).get("/api/v1/customers").status_code == 200
     services.api_key_revoke(api_key=api_key, actor=None, reason="leaked")
-    assert_envelope(client_with(raw).get("/api/v1/customers"), 401, "authentication_failed")
+    assert_error(client_with(raw).get("/api/v1/customers"), 401, "authentication_failed")
 
 
 @pytest.mark.django_db
@@ -126,7 +115,7 @@ def test_an_expired_key_is_refused() -> None:
     )
     assert client_with(raw).get("/api/v1/customers").status_code == 200
     with time_machine.travel(timezone.now() + timedelta(hours=2)):
-        error = assert_envelope(
+        error = assert_error(
             client_with(raw).get("/api/v1/customers"), 401, "authentication_failed"
         )
     assert "expired" in error["message"]
@@ -150,7 +139,7 @@ def test_the_fourth_request_in_a_window_is_throttled_with_retry_after(
     with low_rate(), time_machine.travel(datetime(2026, 3, 2, 10, 0, 30, tzinfo=UTC), tick=False):
         assert [client.get("/api/v1/customers").status_code for _ in range(3)] == [200] * 3
         response = client.get("/api/v1/customers")
-        error = assert_envelope(response, 429, "throttled")
+        error = assert_error(response, 429, "throttled")
         assert response["Retry-After"] == "30"
         assert error["details"]["retry_after_seconds"] == 30
 

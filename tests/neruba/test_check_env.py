@@ -9,17 +9,9 @@ import sys
 from pathlib import Path
 
 from neruba.config import VARIABLES
+from tests.neruba.test_config import PRODUCTION
 
 ROOT = Path(__file__).resolve().parents[2]
-STRONG_KEY = "q7Vd2-Lm9xZp4Rt8Wb1Nc6Hy3Ks0Fg5Ju2Ea7Io9Pl4Uz8Xw1Qv6Mb3Tn0Ry5Sd"
-PRODUCTION = {
-    "NERUBA_ENV": "production",
-    "SECRET_KEY": STRONG_KEY,
-    "ALLOWED_HOSTS": "billing.example.com",
-    "DATABASE_URL": "postgres://neruba:pw@127.0.0.1:5432/neruba",
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "METRICS_TOKEN": "metrics-token-123",
-}
 
 
 def clean_environ(**extra: str) -> dict[str, str]:

@@ -89,6 +89,11 @@ def test_public_api_docs_are_fatal_in_production() -> None:
     assert fatal_names({**PRODUCTION, "NERUBA_API_DOCS": "staff"}) == set()
 
 
+def test_stripe_key_in_production_without_webhook_secrets_is_fatal_by_default() -> None:
+    environ = {**PRODUCTION, "STRIPE_SECRET_KEY": "sk_live_abc"}
+    assert fatal_names(environ) == {"STRIPE_WEBHOOK_SECRETS"}
+
+
 def test_a_wildcard_allowed_host_is_fatal_in_production() -> None:
     assert fatal_names({**PRODUCTION, "ALLOWED_HOSTS": "*"}) == {"ALLOWED_HOSTS"}
 
@@ -96,7 +101,7 @@ def test_a_wildcard_allowed_host_is_fatal_in_production() -> None:
 @pytest.mark.parametrize("env", ["development", "production"])
 def test_stripe_key_without_webhook_secrets_is_fatal(env: str) -> None:
     base = PRODUCTION if env == "production" else {}
-    environ = {**base, "STRIPE_SECRET_KEY": "sk_test_abc"}
+    environ = {**base, "STRIPE_SECRET_KEY": "sk_test_abc", "STRIPE_WEBHOOK_SECRETS": ""}
     assert fatal_names(environ) == {"STRIPE_WEBHOOK_SECRETS"}
     with_secret = {**environ, "STRIPE_WEBHOOK_SECRETS": "whsec_one,whsec_two"}
     assert fatal_names(with_secret) == set()

@@ -8,18 +8,11 @@ from rest_framework.test import APIClient
 
 from neruba.models import AuditEntry, Customer
 from tests.factories import CustomerFactory
+from tests.neruba.routes import assert_error
 
 pytestmark = pytest.mark.django_db
 
 SHAPE = {"external_id", "name", "email", "currency", "stripe_customer_id"}
-
-
-def error_of(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
-    assert body["error"]["code"] == code
-    return body["error"]
 
 
 def test_creating_a_customer_answers_201_with_exactly_the_public_shape(
@@ -67,7 +60,7 @@ def test_a_duplicate_external_id_answers_409_customer_exists(
     payload = {"external_id": "umbrella", "name": "Umbrella"}
     assert client.post("/api/v1/customers", payload, format="json").status_code == 201
     response = client.post("/api/v1/customers", {**payload, "name": "Other"}, format="json")
-    error = error_of(response, 409, "customer_exists")
+    error = assert_error(response, 409, "customer_exists")
     assert error["details"] == {"external_id": "umbrella"}
     assert Customer.objects.get().name == "Umbrella"
     assert AuditEntry.objects.filter(action="customer.create").count() == 1
@@ -87,7 +80,7 @@ def test_invalid_input_answers_400_with_field_details(
     api: Callable[..., APIClient], payload: dict[str, Any], fields: set[str]
 ) -> None:
     response = api("write").post("/api/v1/customers", payload, format="json")
-    error = error_of(response, 400, "validation_error")
+    error = assert_error(response, 400, "validation_error")
     assert set(error["details"]["fields"]) == fields
     assert all(isinstance(m, list) and m for m in error["details"]["fields"].values())
     assert not Customer.objects.exists()
@@ -97,7 +90,7 @@ def test_a_body_that_is_not_json_answers_400_malformed_request(
     api: Callable[..., APIClient],
 ) -> None:
     response = api("write").post("/api/v1/customers", "{not json", content_type="application/json")
-    error_of(response, 400, "malformed_request")
+    assert_error(response, 400, "malformed_request")
 
 
 def test_getting_a_customer_by_external_id(api: Callable[..., APIClient]) -> None:
@@ -120,9 +113,9 @@ def test_getting_a_customer_by_external_id(api: Callable[..., APIClient]) -> Non
 
 
 def test_an_unknown_customer_answers_404_in_the_envelope(api: Callable[..., APIClient]) -> None:
-    error = error_of(api("read").get("/api/v1/customers/nobody"), 404, "customer_not_found")
+    error = assert_error(api("read").get("/api/v1/customers/nobody"), 404, "customer_not_found")
     assert error["details"] == {"external_id": "nobody"}
-    error_of(
+    assert_error(
         api("write").patch("/api/v1/customers/nobody", {"name": "X"}, format="json"),
         404,
         "customer_not_found",
@@ -130,7 +123,7 @@ def test_an_unknown_customer_answers_404_in_the_envelope(api: Callable[..., APIC
 
 
 def test_an_unknown_api_path_answers_404_in_the_envelope(api: Callable[..., APIClient]) -> None:
-    error_of(api("read").get("/api/v1/no-such-endpoint"), 404, "not_found")
+    assert_error(api("read").get("/api/v1/no-such-endpoint"), 404, "not_found")
 
 
 def test_patching_a_customer_changes_only_the_given_fields_and_audits_before_and_after(
@@ -174,7 +167,7 @@ def test_patching_with_invalid_values_answers_400_and_changes_nothing(
 ) -> None:
     CustomerFactory(external_id="acme", email="a@acme.example")
     response = api("write").patch("/api/v1/customers/acme", {"email": "nope"}, format="json")
-    assert set(error_of(response, 400, "validation_error")["details"]["fields"]) == {"email"}
+    assert set(assert_error(response, 400, "validation_error")["details"]["fields"]) == {"email"}
     assert Customer.objects.get().email == "a@acme.example"
     assert not AuditEntry.objects.filter(action="customer.update").exists()
 
@@ -209,4 +202,4 @@ def test_the_list_limit_is_capped(api: Callable[..., APIClient]) -> None:
 
 def test_a_bad_cursor_answers_404_in_the_envelope(api: Callable[..., APIClient]) -> None:
     response = api("read").get("/api/v1/customers", {"cursor": "garbage"})
-    error_of(response, 404, "not_found")
+    assert_error(response, 404, "not_found")
