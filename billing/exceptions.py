@@ -21,3 +21,24 @@ class SubscriptionOverlap(Conflict):
 class CurrencyMismatch(NerubaError):
     code = "currency_mismatch"
     message = "The plan's currency differs from the customer's currency."
+
+
+class InvoiceNotFound(NotFound):
+    code = "invoice_not_found"
+    message = "No invoice with that number."
+
+
+class WindowNotFound(NotFound):
+    code = "window_not_found"
+    message = "No billing window matches."
+
+
+class InvoiceStateInvalid(Conflict):
+    code = "invoice_state_invalid"
+    message = "The invoice is not in a state that allows this."
+
+
+class ProviderError(NerubaError):
+    code = "provider_error"
+    http_status = 502
+    message = "The payment provider refused or failed the request."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from billing.exceptions import InvalidTiers
@@ -46,3 +46,55 @@ def tiers_validate(tiers: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return clean
+
+
+def amount_round(amount: Decimal) -> int:
+    """Minor units, rounded half-even. Called once per invoice line, never on partial sums."""
+    return int(amount.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def graduated_amount(*, tiers: list[dict[str, Any]], quantity: Decimal) -> Decimal:
+    """Unrounded amount of ``quantity`` across graduated tiers: each unit is priced by the tier
+    it falls in; a tier's ``flat_amount`` is charged once the quantity reaches into it."""
+    total = Decimal(0)
+    lower = Decimal(0)
+    for tier in tiers:
+        if quantity <= lower:
+            break
+        upper = None if tier.get("up_to") is None else Decimal(str(tier["up_to"]))
+        in_tier = (quantity if upper is None else min(quantity, upper)) - lower
+        total += in_tier * Decimal(str(tier.get("unit_amount", "0")))
+        total += Decimal(int(tier.get("flat_amount", 0) or 0))
+        if upper is None:
+            break
+        lower = upper
+    return total
+
+
+def price_amount(
+    *, model: str, unit_amount: Decimal, tiers: list[dict[str, Any]], quantity: Decimal
+) -> Decimal:
+    """Unrounded amount of one priced metric for one window."""
+    if model == "graduated":
+        return graduated_amount(tiers=tiers, quantity=quantity)
+    return quantity * Decimal(unit_amount)
+
+
+def line_amount(
+    *, model: str, unit_amount: Decimal, tiers: list[dict[str, Any]], quantity: Decimal
+) -> int:
+    return amount_round(
+        price_amount(model=model, unit_amount=unit_amount, tiers=tiers, quantity=quantity)
+    )
+
+
+def effective_unit_amount(*, amount: Decimal, quantity: Decimal) -> Decimal:
+    """The average unit price shown on a graduated line (amount / quantity)."""
+    if quantity == 0:
+        return Decimal(0)
+    return (amount / quantity).quantize(Decimal("0.0000000001"), rounding=ROUND_HALF_EVEN)
+
+
+def credits_applicable(*, subtotal: int, balance: int) -> int:
+    """Credits consumed by an invoice: never more than the balance, never below a zero total."""
+    return max(0, min(subtotal, balance))

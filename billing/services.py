@@ -1,20 +1,65 @@
-"""Billing write operations (catalog for now; runs, invoices and credits follow)."""
+"""Billing write operations: catalog, windows and runs, invoices, reruns, credits and the
+payment-provider outbox."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Q
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet, Sum
+from django.utils import timezone
 
-from billing.exceptions import CurrencyMismatch, SubscriptionOverlap
-from billing.models import Plan, Price, Subscription
-from billing.pricing import tiers_validate
+from billing.exceptions import (
+    CurrencyMismatch,
+    InvoiceStateInvalid,
+    SubscriptionOverlap,
+)
+from billing.ledger import credit_grant
+from billing.models import (
+    BillingRun,
+    BillingWindow,
+    CreditEntry,
+    Invoice,
+    InvoiceCounter,
+    InvoiceLine,
+    Plan,
+    Price,
+    ProviderSync,
+    ReasonCode,
+    Subscription,
+)
+from billing.periods import periods_between
+from billing.pricing import (
+    amount_round,
+    credits_applicable,
+    effective_unit_amount,
+    price_amount,
+    tiers_validate,
+)
+from billing.usage import usage_for_windows
+from ingest import services as ingest_services
 from ingest.models import Metric
 from neruba import audit
+from neruba.locks import (
+    Lease,
+    LockLost,
+    default_holder,
+    lock_acquire,
+    lock_assert_held,
+    lock_heartbeat,
+    lock_release,
+)
+from neruba.metrics import BILLING_RUN_DURATION, BILLING_RUNS, WINDOWS_INVOICED
 from neruba.models import ApiKey, Customer
+
+logger = logging.getLogger(__name__)
 
 
 def plan_create(
@@ -96,3 +141,821 @@ def subscription_create(
 
 def metric_for_code(code: str) -> Metric:
     return Metric.objects.get(code=code)
+
+
+# --- billing windows, runs and invoices ------------------------------------------------------
+
+BILLING_LOCK = "billing-scan"
+DEFAULT_CHUNK = 5000
+DEFAULT_BATCH = 200
+
+
+@dataclass
+class LineDraft:
+    metric_id: int | None
+    metric_code: str
+    description: str
+    quantity: Decimal
+    unit_amount: Decimal
+    amount: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric_code,
+            "description": self.description,
+            "quantity": str(self.quantity.normalize()),
+            "unit_amount": str(self.unit_amount.normalize()),
+            "amount": self.amount,
+        }
+
+
+@dataclass
+class InvoiceDraft:
+    window: BillingWindow
+    lines: list[LineDraft]
+
+    @property
+    def subtotal(self) -> int:
+        return sum(line.amount for line in self.lines)
+
+
+def _grace() -> timedelta:
+    return timedelta(seconds=settings.NERUBA["NERUBA_BILLING_GRACE"])
+
+
+def windows_generate(*, through: datetime) -> int:
+    """Creates the closed windows (``period_end <= through``) of every subscription that are not
+    rows yet. Idempotent: the unique (subscription, period_start) drops concurrent duplicates."""
+    subscriptions = (
+        Subscription.objects.filter(started_at__lt=through)
+        .annotate(last_end=Max("windows__period_end"))
+        .filter(Q(last_end__isnull=True) | Q(last_end__lt=through))
+        .values_list("id", "started_at", "ended_at", "plan__interval", "last_end")
+    )
+    pending: list[BillingWindow] = []
+    created = 0
+    for sub_id, started_at, ended_at, interval, last_end in subscriptions.iterator(2000):
+        if last_end is not None and ended_at is not None and last_end >= ended_at:
+            continue
+        for start, end in periods_between(
+            interval=interval,
+            started_at=started_at,
+            ended_at=ended_at,
+            since=last_end or started_at,
+            through=through,
+        ):
+            pending.append(
+                BillingWindow(subscription_id=sub_id, period_start=start, period_end=end)
+            )
+        if len(pending) >= 2000:
+            created += len(BillingWindow.objects.bulk_create(pending, ignore_conflicts=True))
+            pending = []
+    if pending:
+        created += len(BillingWindow.objects.bulk_create(pending, ignore_conflicts=True))
+    return created
+
+
+def _live_invoice(window_ref: Any) -> Exists:
+    return Exists(
+        Invoice.objects.filter(window=window_ref, kind=Invoice.Kind.REGULAR).exclude(
+            status=Invoice.Status.VOID
+        )
+    )
+
+
+def windows_due(*, cutoff: datetime) -> QuerySet[BillingWindow]:
+    """Closed windows past the grace period with no live invoice, oldest first. This, not
+    "what is due today", is what makes catch-up after downtime complete."""
+    return (
+        BillingWindow.objects.filter(period_end__lte=cutoff)
+        .exclude(_live_invoice(OuterRef("pk")))
+        .select_related("subscription__plan", "subscription__customer")
+        .order_by("period_end", "id")
+    )
+
+
+def _prices_by_plan() -> dict[int, list[Price]]:
+    prices: dict[int, list[Price]] = {}
+    for price in Price.objects.select_related("metric").order_by("metric__code"):
+        prices.setdefault(price.plan_id, []).append(price)
+    return prices
+
+
+def _aggregations() -> dict[int, str]:
+    return dict(Metric.objects.values_list("id", "aggregation"))
+
+
+def invoice_draft(
+    *, window: BillingWindow, usage: dict[int, Decimal], prices: list[Price]
+) -> InvoiceDraft:
+    """Prices one window: the base fee (not prorated for partial first/last windows) and one
+    line per priced metric, each rounded half-even once."""
+    plan = window.subscription.plan
+    lines: list[LineDraft] = []
+    if plan.base_amount:
+        lines.append(
+            LineDraft(
+                metric_id=None,
+                metric_code="",
+                description=f"{plan.name} base fee",
+                quantity=Decimal(1),
+                unit_amount=Decimal(plan.base_amount),
+                amount=plan.base_amount,
+            )
+        )
+    for price in prices:
+        quantity = usage.get(price.metric_id, Decimal(0))
+        exact = price_amount(
+            model=price.model, unit_amount=price.unit_amount, tiers=price.tiers, quantity=quantity
+        )
+        amount = amount_round(exact)
+        unit = (
+            effective_unit_amount(amount=exact, quantity=quantity)
+            if price.model == Price.Model.GRADUATED
+            else Decimal(price.unit_amount)
+        )
+        lines.append(
+            LineDraft(
+                metric_id=price.metric_id,
+                metric_code=price.metric.code,
+                description=price.metric.name,
+                quantity=quantity,
+                unit_amount=unit,
+                amount=amount,
+            )
+        )
+    return InvoiceDraft(window=window, lines=lines)
+
+
+def window_draft(*, window: BillingWindow) -> InvoiceDraft:
+    """Prices one window from the events stored now (used by reruns and previews)."""
+    usage = usage_for_windows(window_ids=[window.pk], aggregations=_aggregations())
+    prices = _prices_by_plan().get(window.subscription.plan_id, [])
+    return invoice_draft(window=window, usage=usage.get(window.pk, {}), prices=prices)
+
+
+def _numbers_take(*, count: int, at: datetime) -> list[str]:
+    """Gapless numbers: the counter row is locked until the invoice transaction commits, and a
+    rollback gives the numbers back."""
+    name = f"NER-{at.year}"
+    InvoiceCounter.objects.get_or_create(name=name)
+    counter = InvoiceCounter.objects.select_for_update().get(name=name)
+    first = counter.value + 1
+    InvoiceCounter.objects.filter(pk=counter.pk).update(value=F("value") + count)
+    return [f"{name}-{n:06d}" for n in range(first, first + count)]
+
+
+def _balances(*, customer_ids: set[int], lock: bool) -> dict[tuple[int, str], int]:
+    rows = (
+        CreditEntry.objects.filter(customer_id__in=customer_ids)
+        .values("customer_id", "currency")
+        .annotate(total=Sum("amount"))
+    )
+    balances = {(r["customer_id"], r["currency"]): int(r["total"] or 0) for r in rows}
+    positive = {cid for (cid, _), total in balances.items() if total > 0}
+    if lock and positive:
+        # Consumption must not race another consumption (a rerun) for the same balance.
+        list(Customer.objects.select_for_update().filter(id__in=positive).values_list("id"))
+        return _balances(customer_ids=positive, lock=False)
+    return balances
+
+
+def _provider_name() -> str:
+    return "stripe" if settings.NERUBA.get("STRIPE_SECRET_KEY") else "local"
+
+
+def _enqueue_syncs(sync_ids: list[int]) -> None:
+    if not sync_ids:
+        return
+
+    def send() -> None:
+        from billing import tasks
+
+        tasks.provider_syncs_send.delay(sync_ids)
+
+    transaction.on_commit(send)
+
+
+def _invoices_write(
+    *,
+    drafts: list[InvoiceDraft],
+    lease: Lease | None,
+    run: BillingRun | None,
+    kind: str = "regular",
+    supersedes: dict[int, Invoice] | None = None,
+) -> list[Invoice]:
+    """Writes finalized invoices for ``drafts`` in the caller's transaction: fence, gapless
+    numbers, lines, credit consumption, the provider outbox row, window status and the ingest
+    watermark. The partial unique constraint raises IntegrityError for a window already billed."""
+    if lease is not None:
+        lock_assert_held(lease=lease)
+    now = timezone.now()
+    numbers = _numbers_take(count=len(drafts), at=now)
+    customer_ids = {d.window.subscription.customer_id for d in drafts}
+    balances = _balances(customer_ids=customer_ids, lock=True)
+    provider = _provider_name()
+    invoices: list[Invoice] = []
+    consumptions: list[tuple[int, int, str, int]] = []  # (index, customer, currency, amount)
+    for index, (draft, number) in enumerate(zip(drafts, numbers, strict=True)):
+        window = draft.window
+        subscription = window.subscription
+        currency = subscription.plan.currency
+        key = (subscription.customer_id, currency)
+        subtotal = draft.subtotal
+        credits = credits_applicable(subtotal=subtotal, balance=balances.get(key, 0))
+        if credits:
+            balances[key] -= credits
+            consumptions.append((index, subscription.customer_id, currency, credits))
+        invoices.append(
+            Invoice(
+                number=number,
+                customer_id=subscription.customer_id,
+                subscription_id=subscription.pk,
+                window_id=window.pk,
+                kind=kind,
+                status=Invoice.Status.FINALIZED,
+                currency=currency,
+                period_start=window.period_start,
+                period_end=window.period_end,
+                subtotal=subtotal,
+                credits_applied=credits,
+                total=subtotal - credits,
+                supersedes=(supersedes or {}).get(window.pk),
+                run=run,
+                issued_at=now,
+                status_changed_at=now,
+                provider=provider,
+            )
+        )
+    Invoice.objects.bulk_create(invoices)
+    InvoiceLine.objects.bulk_create(
+        [
+            InvoiceLine(
+                invoice=invoice,
+                metric_id=line.metric_id,
+                description=line.description,
+                quantity=line.quantity,
+                unit_amount=line.unit_amount,
+                amount=line.amount,
+            )
+            for invoice, draft in zip(invoices, drafts, strict=True)
+            for line in draft.lines
+        ]
+    )
+    if consumptions:
+        CreditEntry.objects.bulk_create(
+            [
+                CreditEntry(
+                    customer_id=customer_id,
+                    currency=currency,
+                    amount=-amount,
+                    kind=CreditEntry.Kind.CONSUMPTION,
+                    reason_code=ReasonCode.CORRECTION,
+                    invoice=invoices[index],
+                    note=f"Applied to {invoices[index].number}",
+                    created_at=now,
+                )
+                for index, customer_id, currency, amount in consumptions
+            ]
+        )
+    syncs = ProviderSync.objects.bulk_create(
+        [ProviderSync(invoice=invoice, action=ProviderSync.Action.PUSH) for invoice in invoices]
+    )
+    if kind == Invoice.Kind.REGULAR:
+        BillingWindow.objects.filter(pk__in=[d.window.pk for d in drafts]).update(
+            status=BillingWindow.Status.INVOICED, billed_at=now, claimed_by_run=run, last_error=""
+        )
+    through: dict[int, datetime] = {}
+    for draft in drafts:
+        cid = draft.window.subscription.customer_id
+        through[cid] = max(through.get(cid, draft.window.period_end), draft.window.period_end)
+    for customer_id, end in through.items():
+        ingest_services.invoiced_watermark_advance(customer_id=customer_id, through=end)
+    _enqueue_syncs([s.pk for s in syncs])
+    return invoices
+
+
+def window_bill(
+    *, window: BillingWindow, lease: Lease | None = None, run: BillingRun | None = None
+) -> Invoice | None:
+    """Bills one window in its own transaction. Returns ``None`` when it already has a live
+    invoice (the partial unique constraint decided, whatever the lock said)."""
+    draft = window_draft(window=window)
+    try:
+        with transaction.atomic():
+            return _invoices_write(drafts=[draft], lease=lease, run=run)[0]
+    except IntegrityError:
+        return None
+
+
+def _runs_abandon(*, current: BillingRun) -> None:
+    """Runs still marked running when we hold the lock lost it (killed, stopped): their lease
+    expired, so they are over."""
+    BillingRun.objects.filter(status=BillingRun.Status.RUNNING, dry_run=False).exclude(
+        pk=current.pk
+    ).update(status=BillingRun.Status.ABANDONED, finished_at=timezone.now())
+
+
+def _window_failed(*, run: BillingRun, window: BillingWindow, exc: Exception, record: bool) -> None:
+    run.failed += 1
+    message = f"{type(exc).__name__}: {exc}"
+    if len(run.errors) < 100:
+        run.errors.append({"window": window.pk, "error": message[:500]})
+    if record:
+        BillingWindow.objects.filter(pk=window.pk).update(
+            status=BillingWindow.Status.FAILED, last_error=message[:2000]
+        )
+
+
+def _batch_bill(*, run: BillingRun, lease: Lease | None, drafts: list[InvoiceDraft]) -> None:
+    """Bills a batch of windows in one fenced transaction; if anything in it fails (a window
+    billed meanwhile, a bad price) the batch is retried one window per transaction so each
+    window gets its own outcome. LockLost is never swallowed: the scan must stop."""
+    if len(drafts) > 1:
+        try:
+            with transaction.atomic():
+                invoices = _invoices_write(drafts=drafts, lease=lease, run=run)
+        except LockLost:
+            raise
+        except Exception:
+            # Retried one window per transaction below, where each outcome is recorded.
+            logger.info("billing batch failed; retrying per window", exc_info=True)
+        else:
+            run.invoiced += len(invoices)
+            run.invoiced_amount += sum(i.total for i in invoices)
+            WINDOWS_INVOICED.inc(len(invoices))
+            return
+    for draft in drafts:
+        try:
+            with transaction.atomic():
+                invoice = _invoices_write(drafts=[draft], lease=lease, run=run)[0]
+        except LockLost:
+            raise
+        except IntegrityError:
+            run.already_invoiced += 1
+            continue
+        except Exception as exc:  # one bad window must not stop the scan
+            _window_failed(run=run, window=draft.window, exc=exc, record=True)
+            continue
+        run.invoiced += 1
+        run.invoiced_amount += invoice.total
+        WINDOWS_INVOICED.inc()
+
+
+_COUNT_FIELDS = ["scanned", "invoiced", "already_invoiced", "failed", "invoiced_amount", "errors"]
+
+
+def billing_scan(
+    *,
+    trigger: str,
+    as_of: datetime | None = None,
+    actor: audit.Actor = None,
+    dry_run: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    batch_size: int = DEFAULT_BATCH,
+    on_progress: Callable[[BillingRun], None] | None = None,
+) -> BillingRun:
+    """Bills every closed window (past the grace period) without a live invoice, oldest first.
+
+    1. Take the ``billing-scan`` lease; if it is held, record a ``lock_held`` run and return.
+    2. Create the missing window rows up to ``as_of - grace``.
+    3. Per chunk of due windows: aggregate usage in one GROUP BY, price each window.
+    4. Per batch: one transaction that re-checks the fencing token before writing; a batch
+       that fails is retried one window per transaction. Heartbeat after each batch.
+    5. Release the lease and record the outcome.
+
+    Double billing is impossible even if the lock breaks: the partial unique constraint on
+    live regular invoices per window turns the second write into ``already_invoiced``.
+    A dry run takes no lock and writes nothing but its run row (and window rows)."""
+    as_of = as_of or timezone.now()
+    cutoff = as_of - _grace()
+    clock = time.monotonic()
+    holder = default_holder()
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    lease = None if dry_run else lock_acquire(name=BILLING_LOCK, holder=holder)
+    if lease is None and not dry_run:
+        run = BillingRun.objects.create(
+            trigger=trigger,
+            holder=holder,
+            as_of=as_of,
+            status=BillingRun.Status.LOCK_HELD,
+            finished_at=timezone.now(),
+            actor=user,
+        )
+        BILLING_RUNS.labels(status=run.status).inc()
+        return run
+    run = BillingRun.objects.create(
+        trigger=trigger,
+        holder=holder,
+        token=lease.token if lease else None,
+        as_of=as_of,
+        dry_run=dry_run,
+        actor=user,
+    )
+    try:
+        if lease is not None:
+            _runs_abandon(current=run)
+        windows_generate(through=cutoff)
+        prices = _prices_by_plan()
+        aggregations = _aggregations()
+        due = windows_due(cutoff=cutoff)
+        last: tuple[datetime, int] | None = None
+        while True:
+            page = due
+            if last is not None:
+                page = due.filter(Q(period_end__gt=last[0]) | Q(period_end=last[0], id__gt=last[1]))
+            chunk = list(page[:chunk_size])
+            if not chunk:
+                break
+            last = (chunk[-1].period_end, chunk[-1].pk)
+            usage = usage_for_windows(window_ids=[w.pk for w in chunk], aggregations=aggregations)
+            run.scanned += len(chunk)
+            drafts = []
+            for w in chunk:
+                try:
+                    drafts.append(
+                        invoice_draft(
+                            window=w,
+                            usage=usage.get(w.pk, {}),
+                            prices=prices.get(w.subscription.plan_id, []),
+                        )
+                    )
+                except Exception as exc:  # a bad price fails its window, not the scan
+                    _window_failed(run=run, window=w, exc=exc, record=not dry_run)
+            if dry_run:
+                run.invoiced += len(drafts)
+                run.invoiced_amount += sum(d.subtotal for d in drafts)
+                continue
+            for start in range(0, len(drafts), batch_size):
+                _batch_bill(run=run, lease=lease, drafts=drafts[start : start + batch_size])
+                if lease is not None and not lock_heartbeat(lease=lease):
+                    raise LockLost(details={"lock": lease.name, "token": lease.token})
+                run.save(update_fields=_COUNT_FIELDS)
+                if on_progress is not None:
+                    on_progress(run)
+    except LockLost as exc:
+        run.errors.append({"window": None, "error": f"lock lost: {exc.details}"})
+        run.status = BillingRun.Status.FAILED
+    except Exception as exc:
+        run.errors.append({"window": None, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        run.status = BillingRun.Status.FAILED
+        raise
+    finally:
+        if run.status == BillingRun.Status.RUNNING:
+            if run.failed == 0:
+                run.status = BillingRun.Status.SUCCEEDED
+            else:
+                run.status = BillingRun.Status.PARTIAL if run.invoiced else BillingRun.Status.FAILED
+        run.finished_at = timezone.now()
+        run.save(update_fields=[*_COUNT_FIELDS, "status", "finished_at"])
+        if lease is not None:
+            lock_release(lease=lease)
+        BILLING_RUNS.labels(status=run.status).inc()
+        BILLING_RUN_DURATION.observe(time.monotonic() - clock)
+    return run
+
+
+# --- reruns ------------------------------------------------------------------------------------
+
+UNPAID = (Invoice.Status.FINALIZED, Invoice.Status.PAYMENT_FAILED)
+
+
+@dataclass
+class RerunResult:
+    """What a rerun found (and, when applied, did). ``action``: ``supersede`` (void the unpaid
+    invoice and issue a new one), ``credit`` (paid, over-billed), ``supplementary`` (paid,
+    under-billed), ``invoice`` (never billed), ``none`` (nothing changed)."""
+
+    window: BillingWindow
+    invoice: Invoice | None
+    action: str
+    old_lines: list[dict[str, Any]]
+    new_lines: list[dict[str, Any]]
+    old_subtotal: int
+    new_subtotal: int
+    delta: int
+    applied: bool = False
+    created: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window.pk,
+            "invoice": self.invoice.number if self.invoice else None,
+            "action": self.action,
+            "old_subtotal": self.old_subtotal,
+            "new_subtotal": self.new_subtotal,
+            "delta": self.delta,
+            "old_lines": self.old_lines,
+            "new_lines": self.new_lines,
+            "applied": self.applied,
+            "created": self.created,
+        }
+
+    def render(self) -> str:
+        rows = [
+            f"window {self.window.pk} ({self.window}) invoice "
+            f"{self.invoice.number if self.invoice else '-'}: {self.action}, "
+            f"subtotal {self.old_subtotal} -> {self.new_subtotal} (delta {self.delta:+d})"
+        ]
+        old = {line["description"]: line for line in self.old_lines}
+        new = {line["description"]: line for line in self.new_lines}
+        for key in list(dict.fromkeys([*old, *new])):
+            a, b = old.get(key), new.get(key)
+            rows.append(
+                f"  {key}: qty {a['quantity'] if a else '-'} -> {b['quantity'] if b else '-'}, "
+                f"amount {a['amount'] if a else '-'} -> {b['amount'] if b else '-'}"
+            )
+        return "\n".join(rows)
+
+
+def _line_dicts(invoice: Invoice) -> list[dict[str, Any]]:
+    return [
+        {
+            "metric": line.metric.code if line.metric else "",
+            "description": line.description,
+            "quantity": str(line.quantity.normalize()),
+            "unit_amount": str(line.unit_amount.normalize()),
+            "amount": line.amount,
+        }
+        for line in invoice.lines.select_related("metric")
+    ]
+
+
+def _billed_so_far(*, invoice: Invoice) -> int:
+    """What the customer owes for the window after earlier adjustments: the paid invoice, plus
+    supplementary invoices, minus rerun correction credits. Makes a repeated rerun a no-op."""
+    window = invoice.window
+    supplementary = (
+        Invoice.objects.filter(window=window, kind=Invoice.Kind.SUPPLEMENTARY)
+        .exclude(status=Invoice.Status.VOID)
+        .aggregate(total=Sum("subtotal"))["total"]
+        or 0
+    )
+    credited = (
+        CreditEntry.objects.filter(
+            invoice=invoice, kind=CreditEntry.Kind.GRANT, source_key__startswith="rerun:"
+        ).aggregate(total=Sum("amount"))["total"]
+        or 0
+    )
+    return invoice.subtotal + int(supplementary) - int(credited)
+
+
+def invoice_rerun(
+    *,
+    actor: audit.Actor,
+    reason: str,
+    invoice: Invoice | None = None,
+    window: BillingWindow | None = None,
+    dry_run: bool = True,
+) -> RerunResult:
+    """Re-prices a window from the events stored now, without rewriting history.
+
+    Unpaid (finalized, payment_failed): void it, give back the credits it consumed, and issue a
+    superseding invoice. Paid: a ``correction`` credit for over-billing, a supplementary
+    invoice for under-billing. Never billed: bill it. Dry run (the default) only returns the
+    diff. Applied reruns are audited in the transaction that makes the change."""
+    if invoice is None and window is None:
+        raise InvoiceStateInvalid("Give an invoice or a window.")
+    if invoice is not None:
+        window = invoice.window
+    assert window is not None
+    window = BillingWindow.objects.select_related(
+        "subscription__plan", "subscription__customer"
+    ).get(pk=window.pk)
+    if invoice is None:
+        invoice = (
+            Invoice.objects.filter(window=window, kind=Invoice.Kind.REGULAR)
+            .exclude(status=Invoice.Status.VOID)
+            .first()
+        )
+    elif invoice.status == Invoice.Status.VOID or invoice.kind != Invoice.Kind.REGULAR:
+        raise InvoiceStateInvalid(
+            "Only a live regular invoice can be rerun.", details={"invoice": invoice.number}
+        )
+    draft = window_draft(window=window)
+    new_lines = [line.as_dict() for line in draft.lines]
+    if invoice is None:
+        result = RerunResult(
+            window, None, "invoice", [], new_lines, 0, draft.subtotal, draft.subtotal
+        )
+    else:
+        old_lines = _line_dicts(invoice)
+        if invoice.status in UNPAID:
+            old = invoice.subtotal
+            changed = old_lines != new_lines
+            action = "supersede" if changed else "none"
+        elif invoice.status == Invoice.Status.PAID:
+            old = _billed_so_far(invoice=invoice)
+            delta = draft.subtotal - old
+            action = "credit" if delta < 0 else "supplementary" if delta > 0 else "none"
+        else:
+            raise InvoiceStateInvalid(
+                "An uncollectible invoice is settled; issue a credit instead.",
+                details={"invoice": invoice.number, "status": invoice.status},
+            )
+        result = RerunResult(
+            window, invoice, action, old_lines, new_lines, old, draft.subtotal, draft.subtotal - old
+        )
+    if dry_run or result.action == "none":
+        return result
+    if not reason.strip():
+        raise InvoiceStateInvalid("A reason is required.", details={"reason": "required"})
+    with transaction.atomic():
+        run = BillingRun.objects.create(
+            trigger=BillingRun.Trigger.RERUN,
+            holder=audit.actor_label(actor),
+            as_of=timezone.now(),
+            actor=actor if getattr(actor, "is_authenticated", False) else None,
+            scanned=1,
+        )
+        if result.action == "invoice":
+            created = _invoices_write(drafts=[draft], lease=None, run=run)
+            result.created = [created[0].number]
+        elif result.action == "supersede":
+            assert invoice is not None
+            old_invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+            if old_invoice.status not in UNPAID:
+                raise InvoiceStateInvalid(
+                    "The invoice changed state meanwhile.",
+                    details={"invoice": invoice.number, "status": old_invoice.status},
+                )
+            _invoice_void(invoice=old_invoice)
+            created = _invoices_write(
+                drafts=[draft], lease=None, run=run, supersedes={window.pk: old_invoice}
+            )
+            result.created = [created[0].number]
+        elif result.action == "credit":
+            assert invoice is not None
+            entry, _ = credit_grant(
+                customer=invoice.customer,
+                amount=-result.delta,
+                reason_code=ReasonCode.CORRECTION,
+                actor=actor,
+                reason=reason,
+                currency=invoice.currency,
+                invoice=invoice,
+                source_key=f"rerun:{invoice.number}:{old}:{draft.subtotal}",
+                extra={"rerun": True},
+            )
+            result.created = [f"credit {entry.pk}"]
+        else:  # supplementary
+            assert invoice is not None
+            supplement = InvoiceDraft(
+                window=window,
+                lines=[
+                    LineDraft(
+                        metric_id=None,
+                        metric_code="",
+                        description=f"Correction to {invoice.number}",
+                        quantity=Decimal(1),
+                        unit_amount=Decimal(result.delta),
+                        amount=result.delta,
+                    )
+                ],
+            )
+            created = _invoices_write(
+                drafts=[supplement], lease=None, run=run, kind=Invoice.Kind.SUPPLEMENTARY
+            )
+            result.created = [created[0].number]
+        run.status = BillingRun.Status.SUCCEEDED
+        run.invoiced = 0 if result.action == "credit" else 1
+        run.finished_at = timezone.now()
+        run.save(update_fields=["status", "invoiced", "finished_at"])
+        result.applied = True
+        audit.record(
+            actor=actor,
+            action="invoice.rerun",
+            target=invoice or window,
+            customer=window.subscription.customer,
+            reason=reason,
+            before={"invoice": invoice.number if invoice else None, "lines": result.old_lines},
+            after=result.as_dict(),
+        )
+    return result
+
+
+def _invoice_void(*, invoice: Invoice) -> None:
+    """Voids a locked, unpaid invoice in the caller's transaction: credits it consumed go back to
+    the ledger as reversal entries, and a void is queued for the provider."""
+    now = timezone.now()
+    invoice.status = Invoice.Status.VOID
+    invoice.voided_at = now
+    invoice.status_changed_at = now
+    invoice.save(update_fields=["status", "voided_at", "status_changed_at"])
+    for consumption in CreditEntry.objects.filter(
+        invoice=invoice, kind=CreditEntry.Kind.CONSUMPTION
+    ):
+        CreditEntry.objects.create(
+            customer_id=consumption.customer_id,
+            currency=consumption.currency,
+            amount=-consumption.amount,
+            kind=CreditEntry.Kind.REVERSAL,
+            reason_code=ReasonCode.CORRECTION,
+            invoice=invoice,
+            reverses=consumption,
+            note=f"{invoice.number} voided",
+        )
+    sync, _ = ProviderSync.objects.get_or_create(invoice=invoice, action=ProviderSync.Action.VOID)
+    _enqueue_syncs([sync.pk])
+
+
+# --- local provider: mark paid; credits --------------------------------------------------------
+
+
+def invoice_mark_paid(*, invoice: Invoice, actor: audit.Actor, reason: str) -> Invoice:
+    """Records an offline payment (the local provider keeps invoices open until then). Only an
+    unpaid invoice can be marked paid; the audit entry commits with the change."""
+    if not reason.strip():
+        raise InvoiceStateInvalid("A reason is required.", details={"reason": "required"})
+    with transaction.atomic():
+        row = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if row.status not in UNPAID:
+            raise InvoiceStateInvalid(
+                "Only a finalized or payment-failed invoice can be marked paid.",
+                details={"invoice": row.number, "status": row.status},
+            )
+        before = row.status
+        now = timezone.now()
+        row.status = Invoice.Status.PAID
+        row.paid_at = now
+        row.status_changed_at = now
+        row.save(update_fields=["status", "paid_at", "status_changed_at"])
+        audit.record(
+            actor=actor,
+            action="invoice.mark_paid",
+            target=row,
+            customer=row.customer,
+            reason=reason,
+            before={"status": before},
+            after={"status": row.status, "paid_at": now},
+        )
+    return row
+
+
+def credit_issue(
+    *,
+    customer: Customer,
+    amount: int,
+    reason_code: str,
+    actor: audit.Actor,
+    reason: str,
+    currency: str | None = None,
+) -> CreditEntry:
+    """A finance-issued credit (console). The ledger's ``credit_grant`` writes and audits it."""
+    entry, _ = credit_grant(
+        customer=customer,
+        amount=amount,
+        reason_code=reason_code,
+        actor=actor,
+        reason=reason,
+        currency=currency,
+    )
+    return entry
+
+
+# --- provider outbox ---------------------------------------------------------------------------
+
+SYNC_MAX_ATTEMPTS = 8
+
+
+def provider_sync_send(*, sync: ProviderSync) -> bool:
+    """Sends one outbox row to the payment provider. The call happens outside any row lock;
+    the outcome is written afterwards. Returns True when sent (or already sent); on failure
+    records the error and the next attempt time (exponential backoff) and re-raises."""
+    from billing.providers import provider_get
+
+    sync = ProviderSync.objects.select_related("invoice__customer").get(pk=sync.pk)
+    if sync.status == ProviderSync.Status.SENT:
+        return True
+    invoice = sync.invoice
+    provider = provider_get()
+    try:
+        if sync.action == ProviderSync.Action.PUSH:
+            provider_id = provider.push_invoice(invoice)
+        else:
+            provider.void_invoice(invoice)
+            provider_id = invoice.provider_invoice_id
+    except Exception as exc:
+        attempts = sync.attempts + 1
+        ProviderSync.objects.filter(pk=sync.pk).update(
+            attempts=attempts,
+            last_error=f"{type(exc).__name__}: {exc}"[:2000],
+            next_attempt_at=timezone.now() + timedelta(seconds=min(3600, 30 * 2**attempts)),
+            status=(
+                ProviderSync.Status.FAILED
+                if attempts >= SYNC_MAX_ATTEMPTS
+                else ProviderSync.Status.PENDING
+            ),
+        )
+        raise
+    now = timezone.now()
+    with transaction.atomic():
+        ProviderSync.objects.filter(pk=sync.pk).update(
+            status=ProviderSync.Status.SENT, sent_at=now, attempts=F("attempts") + 1, last_error=""
+        )
+        Invoice.objects.filter(pk=invoice.pk).update(
+            provider=provider.name,
+            provider_invoice_id=provider_id or invoice.provider_invoice_id,
+            provider_synced_at=now,
+        )
+    return True

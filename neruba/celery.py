@@ -15,8 +15,14 @@ app.autodiscover_tasks()
 
 def _beat_schedule() -> dict[str, dict[str, object]]:
     """Every periodic task, named by string. Intervals come from the configuration list."""
+    from django.conf import settings
+
     return {
         "scheduler-heartbeat": {"task": "operations.heartbeat", "schedule": 30.0},
+        "billing-scan": {
+            "task": "billing.scan",
+            "schedule": float(settings.NERUBA["NERUBA_BILLING_SCAN_INTERVAL"]),
+        },
     }
 
 

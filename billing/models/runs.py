@@ -69,6 +69,9 @@ class BillingRun(models.Model):
     invoiced = models.PositiveIntegerField(default=0)
     already_invoiced = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
+    invoiced_amount = models.BigIntegerField(
+        default=0, help_text="Sum of invoice totals written (or, on a dry run, that would be)."
+    )
     errors = models.JSONField(default=list, blank=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import time_machine
+
+from billing import services
+from billing.models import BillingRun, BillingWindow, Invoice, ProviderSync
+from ingest.models import InvoicedWatermark
+from neruba import locks
+from tests.billing.helpers import add_events
+from tests.factories import SubscriptionFactory
+
+pytestmark = pytest.mark.django_db
+
+JAN = datetime(2026, 1, 1, tzinfo=UTC)
+FEB = datetime(2026, 2, 1, tzinfo=UTC)
+MAR = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_a_scan_bills_each_closed_window_after_the_grace_period(catalog: dict[str, Any]) -> None:
+    customer, metrics = catalog["customer"], catalog["metrics"]
+    add_events(
+        customer=customer, metric=metrics["api_calls"], timestamps=[JAN + timedelta(days=3)] * 10
+    )
+    add_events(
+        customer=customer,
+        metric=metrics["compute_seconds"],
+        timestamps=[JAN + timedelta(days=4)] * 3,
+        value="50",
+    )
+    add_events(customer=customer, metric=metrics["api_calls"], timestamps=[FEB])  # next window
+
+    early = services.billing_scan(trigger="command", as_of=FEB + timedelta(minutes=30))
+    assert early.status == "succeeded" and early.scanned == 0
+
+    run = services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=2))
+    assert (run.status, run.scanned, run.invoiced, run.failed) == ("succeeded", 1, 1, 0)
+    invoice = Invoice.objects.get()
+    lines = {line.description: line for line in invoice.lines.all()}
+    # base 1000 + 10 calls x 0.5 = 5 + 150 seconds graduated: 100 x 1 + 50 x 0.5 = 125
+    assert lines["Pro base fee"].amount == 1000
+    assert lines["Api Calls"].amount == 5
+    assert lines["Compute Seconds"].amount == 125
+    assert (invoice.subtotal, invoice.total, invoice.currency) == (1130, 1130, "USD")
+    assert invoice.number == f"NER-{invoice.issued_at.year}-000001"
+    assert (invoice.period_start, invoice.period_end) == (JAN, FEB)
+    assert invoice.window.status == BillingWindow.Status.INVOICED
+    assert InvoicedWatermark.objects.get(customer=customer).invoiced_through == FEB
+    assert ProviderSync.objects.filter(invoice=invoice, action="push").exists()
+    assert locks.lock_acquire(name=services.BILLING_LOCK, holder="next") is not None
+
+
+def test_a_repeated_scan_is_a_no_op(catalog: dict[str, Any]) -> None:
+    as_of = MAR + timedelta(hours=2)
+    first = services.billing_scan(trigger="command", as_of=as_of)
+    second = services.billing_scan(trigger="command", as_of=as_of)
+    assert first.invoiced == 2
+    assert (second.scanned, second.invoiced, second.status) == (0, 0, "succeeded")
+    assert Invoice.objects.count() == 2
+
+
+def test_a_scan_that_finds_the_lock_held_records_lock_held_and_writes_nothing(
+    catalog: dict[str, Any],
+) -> None:
+    assert locks.lock_acquire(name=services.BILLING_LOCK, holder="someone else") is not None
+    run = services.billing_scan(trigger="beat", as_of=MAR)
+    assert run.status == BillingRun.Status.LOCK_HELD and run.finished_at is not None
+    assert not Invoice.objects.exists()
+
+
+def test_catch_up_after_three_months_down_bills_every_missed_window_oldest_first(
+    catalog: dict[str, Any],
+) -> None:
+    daily = SubscriptionFactory(
+        plan__code="daily", plan__interval="day", plan__base_amount=10, started_at=JAN
+    )
+    with time_machine.travel(datetime(2026, 4, 1, 3, tzinfo=UTC), tick=False):
+        run = services.billing_scan(trigger="beat")
+    assert run.invoiced == 3 + 90 and run.status == "succeeded"
+    invoices = list(Invoice.objects.order_by("number"))
+    ends = [i.period_end for i in invoices]
+    assert ends == sorted(ends), "billed oldest first"
+    assert {i.period_start for i in invoices if i.subscription == catalog["subscription"]} == {
+        JAN,
+        FEB,
+        MAR,
+    }
+    assert Invoice.objects.filter(subscription=daily).count() == 90
+
+
+def test_a_partial_first_and_last_window_are_billed_with_the_full_base_fee(
+    catalog: dict[str, Any],
+) -> None:
+    sub = SubscriptionFactory(
+        customer__external_id="partial",
+        plan=catalog["plan"],
+        started_at=JAN + timedelta(days=20),
+        ended_at=FEB + timedelta(days=10),
+    )
+    services.billing_scan(trigger="command", as_of=MAR + timedelta(days=5))
+    windows = list(BillingWindow.objects.filter(subscription=sub).order_by("period_start"))
+    assert [(w.period_start, w.period_end) for w in windows] == [
+        (JAN + timedelta(days=20), FEB),
+        (FEB, FEB + timedelta(days=10)),
+    ]
+    assert [i.subtotal for i in Invoice.objects.filter(subscription=sub)] == [1000, 1000]
+
+
+def test_credits_are_consumed_at_finalization_without_going_below_zero(
+    catalog: dict[str, Any],
+) -> None:
+    from billing.ledger import credit_balance, credit_grant
+
+    customer = catalog["customer"]
+    credit_grant(customer=customer, amount=1500, reason_code="goodwill", actor=None, reason="sorry")
+    services.billing_scan(trigger="command", as_of=MAR + timedelta(hours=2))
+    jan, feb = Invoice.objects.order_by("period_start")
+    assert (jan.subtotal, jan.credits_applied, jan.total) == (1000, 1000, 0)
+    assert (feb.subtotal, feb.credits_applied, feb.total) == (1000, 500, 500)
+    assert credit_balance(customer=customer, currency="USD") == 0
+    assert jan.credit_entries.get().amount == -1000
+
+
+def test_a_dry_run_scan_writes_no_invoice(catalog: dict[str, Any]) -> None:
+    run = services.billing_scan(trigger="command", as_of=MAR + timedelta(hours=2), dry_run=True)
+    assert run.dry_run and run.invoiced == 2 and run.invoiced_amount == 2000
+    assert not Invoice.objects.exists()
+
+
+def test_a_window_that_fails_to_price_is_recorded_and_the_rest_are_billed(
+    catalog: dict[str, Any],
+) -> None:
+    from billing.models import Price
+
+    broken = SubscriptionFactory(customer__external_id="broken", plan__code="broken")
+    Price.objects.create(
+        plan=broken.plan, metric=catalog["metrics"]["api_calls"], model="graduated", tiers="oops"
+    )
+    add_events(customer=broken.customer, metric=catalog["metrics"]["api_calls"], timestamps=[JAN])
+    run = services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=2))
+    assert (run.status, run.invoiced, run.failed) == ("partial", 1, 1)
+    window = BillingWindow.objects.get(subscription=broken)
+    assert window.status == "failed" and "AttributeError" in window.last_error
+    assert run.errors[0]["window"] == window.pk
+    again = services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=3))
+    assert (again.scanned, again.failed) == (1, 1), "a failed window is retried by the next scan"
