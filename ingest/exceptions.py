@@ -1,8 +1,41 @@
 from __future__ import annotations
 
-from neruba.errors import Conflict
+from neruba.errors import Conflict, NerubaError
 
 
 class MetricExists(Conflict):
     code = "metric_exists"
     message = "A metric with that code already exists."
+
+
+class MalformedEnvelope(NerubaError):
+    """The request as a whole is not an event, a ``{"events": [...]}`` batch or CloudEvents."""
+
+    code = "malformed_request"
+    http_status = 400
+    message = "The request body is not a valid event or batch."
+
+
+class TooManyEvents(NerubaError):
+    code = "too_many_events"
+    http_status = 400
+    message = "The batch has more events than allowed."
+
+
+class PayloadTooLarge(NerubaError):
+    code = "payload_too_large"
+    http_status = 413
+    message = "The request body is larger than allowed."
+
+
+class UnsupportedMediaType(NerubaError):
+    code = "unsupported_media_type"
+    http_status = 415
+    message = (
+        "Send application/json, application/cloudevents+json or application/cloudevents-batch+json."
+    )
+
+
+class RejectionNotReplayable(Conflict):
+    code = "not_replayable"
+    message = "This rejection cannot be replayed."

@@ -1,23 +1,45 @@
-"""Ingest write operations."""
+"""Ingest write operations: metrics, the ingest pipeline, replay of rejections, retention."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ingest.exceptions import MetricExists
-from ingest.models import Aggregation, InvoicedWatermark, Metric
+from ingest.exceptions import MetricExists, RejectionNotReplayable
+from ingest.models import (
+    Aggregation,
+    IngestBatch,
+    IngestRejection,
+    InvoicedWatermark,
+    Metric,
+    Outcome,
+    UsageEvent,
+)
+from ingest.validation import Item, extract_value, is_cloudevent, parse_item
 from neruba import audit
+from neruba.errors import ValidationFailed
+from neruba.metrics import (
+    INGEST_BATCH_SIZE,
+    INGEST_ITEMS,
+    INGEST_LATENCY,
+    INGEST_REJECTIONS,
+    REPLAYS,
+)
+from neruba.models import ApiKey, Customer
 
 
 def metric_create(
     *, code: str, name: str, aggregation: str, field: str = "", actor: audit.Actor = None
 ) -> Metric:
     if aggregation not in Aggregation.values:
-        from neruba.errors import ValidationFailed
-
         raise ValidationFailed(details={"aggregation": f"one of {', '.join(Aggregation.values)}"})
     try:
         with transaction.atomic():
@@ -49,3 +71,558 @@ def invoiced_watermark_advance(*, customer_id: int, through: datetime) -> None:
             InvoicedWatermark.objects.filter(
                 customer_id=customer_id, invoiced_through__lt=through
             ).update(invoiced_through=through, updated_at=timezone.now())
+
+
+# --- ingest ----------------------------------------------------------------------------------
+
+STATUS_BY_OUTCOME = {
+    Outcome.ACCEPTED: 201,
+    Outcome.REPLAY: 201,
+    Outcome.DUPLICATE: 200,
+    Outcome.CONFLICT: 409,
+    Outcome.FAILED: 422,
+}
+_COLUMNS = (
+    "idempotency_key",
+    "customer_id",
+    "metric_id",
+    "timestamp",
+    "value",
+    "distinct_value",
+    "properties",
+    "payload_hash",
+    "received_at",
+    "batch_id",
+    "source",
+    "late",
+    "rejection_id",
+    "duplicate_count",
+)
+# Rows per INSERT statement: well under SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+_CHUNK = 1000
+
+
+@dataclass
+class IngestResult:
+    batch_id: int
+    counts: dict[str, int]
+    results: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "counts": self.counts, "results": self.results}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_age: timedelta
+    max_skew: timedelta
+    max_properties_bytes: int
+
+    @classmethod
+    def from_settings(cls) -> Limits:
+        conf = settings.NERUBA
+        return cls(
+            max_age=timedelta(seconds=conf["NERUBA_INGEST_MAX_AGE"]),
+            max_skew=timedelta(seconds=conf["NERUBA_INGEST_MAX_SKEW"]),
+            max_properties_bytes=conf["NERUBA_INGEST_MAX_PROPERTIES_BYTES"],
+        )
+
+
+def _result(item: Item, outcome: str, event_id: int | None, error: Any = None) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "index": item.index,
+        "idempotency_key": item.key,
+        "outcome": outcome,
+        "event_id": event_id,
+    }
+    if error is not None:
+        result["error"] = {"code": error[0], "message": error[1], "details": error[2]}
+    return result
+
+
+def _insert_events(rows: list[tuple[Any, ...]]) -> dict[str, int]:
+    """``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING`` in one statement per
+    chunk: claiming the key and storing the event are the same write, so a failed transaction
+    leaves no key behind. Returns the ids of the keys this call stored.
+
+    Rows arrive sorted by key: two concurrent batches with overlapping keys then wait on each
+    other's keys in the same order and cannot deadlock."""
+    if not rows:
+        return {}
+    postgres = connection.vendor == "postgresql"
+    one = "(" + ",".join(["%s::jsonb" if c == "properties" else "%s" for c in _COLUMNS]) + ")"
+    if not postgres:
+        one = one.replace("::jsonb", "")
+    # Table and column names are ours, never input; only values travel as parameters.
+    head = f"INSERT INTO {UsageEvent._meta.db_table} ({','.join(_COLUMNS)}) VALUES "  # noqa: S608
+    tail = " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+    stored: dict[str, int] = {}
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            params = [value for row in chunk for value in row]
+            cursor.execute(head + ",".join([one] * len(chunk)) + tail, params)
+            stored.update((key, pk) for pk, key in cursor.fetchall())
+    return stored
+
+
+def _count_duplicates(hits: Counter[int], now: datetime) -> None:
+    """Bumps ``duplicate_count`` on the originals. Rows are locked in id order so concurrent
+    batches hitting the same originals queue instead of deadlocking."""
+    by_times: dict[int, list[int]] = {}
+    for event_id, times in hits.items():
+        by_times.setdefault(times, []).append(event_id)
+    table = UsageEvent._meta.db_table
+    postgres = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        for times, ids in sorted(by_times.items()):
+            ids.sort()
+            if postgres:
+                cursor.execute(
+                    f"UPDATE {table} SET duplicate_count = duplicate_count + %s, "  # noqa: S608
+                    "last_duplicate_at = %s WHERE id IN (SELECT id FROM "
+                    f"{table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE)",
+                    [times, now, ids],
+                )
+            else:
+                marks = ",".join(["%s"] * len(ids))
+                cursor.execute(
+                    f"UPDATE {table} SET duplicate_count = duplicate_count + %s, "  # noqa: S608
+                    f"last_duplicate_at = %s WHERE id IN ({marks})",
+                    [times, connection.ops.adapt_datetimefield_value(now), *ids],
+                )
+
+
+def _differing_fields(item: Item, original: tuple[Any, ...]) -> list[str]:
+    _, customer, metric, timestamp, properties = original
+    differing = []
+    if item.customer != customer:
+        differing.append("customer")
+    if item.metric != metric:
+        differing.append("metric")
+    if item.timestamp is None or item.timestamp != timestamp:
+        differing.append("timestamp")
+    if item.properties != properties:
+        differing.append("properties")
+    return differing
+
+
+def events_ingest(
+    *,
+    payloads: Sequence[Any],
+    api_key: ApiKey | None,
+    cloudevents: bool = False,
+    source: str = "api",
+    body_bytes: int = 0,
+    request_id: str = "",
+    replay_of: IngestRejection | None = None,
+    window_now: datetime | None = None,
+) -> IngestResult:
+    """Ingests one request's items; every item gets an outcome, none fails the batch.
+
+    Steps: (1) parse each item without the database; (2) look customers (with their invoiced
+    watermark) and metrics up once for the batch; (3) in one transaction: the batch row, one
+    set-based INSERT … ON CONFLICT DO NOTHING for the valid items, one SELECT of the stored rows
+    for every key not inserted (duplicate or conflict by payload hash), the duplicate counters,
+    the rejections, and the batch's counts. Nothing is written if the transaction fails, so a
+    retry never meets a half-claimed key.
+
+    ``replay_of`` re-submits a rejection's raw payload: a stored item has the outcome
+    ``replay`` and links to the rejection, and a failure updates that rejection instead of
+    adding one. ``window_now`` is the instant the timestamp window is measured from (the
+    original receipt for a replay: the event arrived in time, the cause was ours)."""
+    started = time.perf_counter()
+    now = timezone.now()
+    stored_outcome = Outcome.REPLAY if replay_of is not None else Outcome.ACCEPTED
+    prefix = api_key.prefix if api_key is not None else ""
+    items = [parse_item(i, raw, cloudevent=cloudevents) for i, raw in enumerate(payloads)]
+    candidates = _prepare(
+        items, now=now, window_now=window_now or now, source=source, replay_of=replay_of
+    )
+
+    counts = dict.fromkeys(Outcome.values, 0)
+    results: list[dict[str, Any]] = []
+    rejections: list[IngestRejection] = []
+    with transaction.atomic():
+        batch = IngestBatch.objects.create(
+            received_at=now,
+            api_key=api_key,
+            api_key_prefix=prefix,
+            source=source,
+            request_id=request_id[:64],
+            size=len(items),
+            bytes=body_bytes,
+        )
+        rows = [(*row[:9], batch.pk, *row[10:]) for _, (_, row) in sorted(candidates.items())]
+        inserted = _insert_events(rows)
+
+        # Every other hashed item with a key meets the row that holds its key: ours from this
+        # batch, or one stored earlier (by another request, possibly a moment ago).
+        known: dict[str, tuple[int, str]] = {
+            key: (inserted[key], candidates[key][0].payload_hash) for key in inserted
+        }
+        wanted = {
+            it.key
+            for it in items
+            if it.key is not None and it.payload_hash and it.key not in inserted
+        }
+        if wanted:
+            known.update(
+                (key, (pk, digest))
+                for pk, key, digest in UsageEvent.objects.filter(
+                    idempotency_key__in=wanted
+                ).values_list("id", "idempotency_key", "payload_hash")
+            )
+
+        duplicates: Counter[int] = Counter()
+        conflicts: list[tuple[Item, int]] = []
+        for item in items:
+            key = item.key
+            if key is not None and key in inserted and candidates[key][0] is item:
+                counts[stored_outcome] += 1
+                results.append(_result(item, stored_outcome, inserted[key]))
+                continue
+            stored = known.get(key) if (key is not None and item.payload_hash) else None
+            if stored is not None:
+                if stored[1] == item.payload_hash:
+                    counts[Outcome.DUPLICATE] += 1
+                    duplicates[stored[0]] += 1
+                    results.append(_result(item, Outcome.DUPLICATE, stored[0]))
+                else:
+                    conflicts.append((item, stored[0]))
+                    results.append({})  # filled in once the originals are read
+                continue
+            if item.error is None:
+                # Valid, not inserted, and no row holds the key: a concurrent writer claimed it
+                # and rolled back after our INSERT looked. Rare; the client should retry.
+                item.fail("retry", "The key was being written concurrently; retry the item.")
+            counts[Outcome.FAILED] += 1
+            results.append(_result(item, Outcome.FAILED, None, item.error))
+            rejections.append(_rejection(item, batch, prefix, Outcome.FAILED))
+
+        if duplicates:
+            _count_duplicates(duplicates, now)
+        if conflicts:
+            originals = {
+                row[0]: row
+                for row in UsageEvent.objects.filter(
+                    id__in={pk for _, pk in conflicts}
+                ).values_list(
+                    "id", "customer__external_id", "metric__code", "timestamp", "properties"
+                )
+            }
+            positions = [i for i, r in enumerate(results) if not r]
+            for position, (item, original_id) in zip(positions, conflicts, strict=True):
+                differing = _differing_fields(item, originals[original_id])
+                error = (
+                    "conflict",
+                    f"The key is already stored with a different payload (event {original_id}).",
+                    {"original_event_id": original_id, "differing_fields": differing},
+                )
+                item.error = error
+                counts[Outcome.CONFLICT] += 1
+                results[position] = _result(item, Outcome.CONFLICT, original_id, error)
+                rejection = _rejection(item, batch, prefix, Outcome.CONFLICT)
+                rejection.original_event_id = original_id
+                rejection.differing_fields = differing
+                rejections.append(rejection)
+
+        if replay_of is not None:
+            rejections = []  # the replayed rejection is updated by rejection_replay instead
+        elif rejections:
+            IngestRejection.objects.bulk_create(rejections)
+        duration_ms = (time.perf_counter() - started) * 1000
+        IngestBatch.objects.filter(pk=batch.pk).update(duration_ms=duration_ms, **counts)
+
+    _observe(len(items), counts, results, time.perf_counter() - started)
+    return IngestResult(batch_id=batch.pk, counts=counts, results=results)
+
+
+def _prepare(
+    items: list[Item],
+    *,
+    now: datetime,
+    window_now: datetime,
+    source: str,
+    replay_of: IngestRejection | None,
+) -> dict[str, tuple[Item, tuple[Any, ...]]]:
+    """The checks that need the database, with one lookup each for customers (with their
+    invoiced watermark) and metrics. Marks failing items and returns, per key, the first valid
+    item and its row (in ``_COLUMNS`` order, batch id still unset)."""
+    limits = Limits.from_settings()
+    oldest, newest = window_now - limits.max_age, window_now + limits.max_skew
+
+    customer_refs = {it.customer for it in items if it.error is None}
+    metric_refs = {it.metric for it in items if it.error is None}
+    customers: dict[str, tuple[int, datetime | None]] = {}
+    if customer_refs:
+        customers = {
+            ext: (pk, through)
+            for ext, pk, through in Customer.objects.filter(
+                external_id__in=customer_refs
+            ).values_list("external_id", "id", "invoiced_watermark__invoiced_through")
+        }
+    metrics: dict[str, tuple[int, str, str]] = {}
+    if metric_refs:
+        metrics = {
+            code: (pk, aggregation, field)
+            for code, pk, aggregation, field in Metric.objects.filter(
+                code__in=metric_refs
+            ).values_list("code", "id", "aggregation", "field")
+        }
+
+    # Semantic checks; the first valid item per key is the one offered for insert.
+    adapt_dt = connection.ops.adapt_datetimefield_value
+    received = adapt_dt(now)
+    max_props = limits.max_properties_bytes
+    candidates: dict[str, tuple[Item, tuple[Any, ...]]] = {}
+    for item in items:
+        if item.error is not None:
+            continue
+        timestamp = item.timestamp
+        assert timestamp is not None
+        if timestamp < oldest:
+            item.fail(
+                "timestamp_too_old",
+                f"The timestamp is older than {limits.max_age.days} days.",
+                oldest=oldest.isoformat(),
+            )
+            continue
+        if timestamp > newest:
+            item.fail(
+                "timestamp_in_future",
+                f"The timestamp is more than {int(limits.max_skew.total_seconds())} s ahead.",
+                newest=newest.isoformat(),
+            )
+            continue
+        if len(item.props_json) > max_props // 4 and len(item.props_json.encode()) > max_props:
+            item.fail(
+                "properties_too_large",
+                f"`properties` is larger than {max_props} bytes.",
+                max_bytes=max_props,
+            )
+            continue
+        customer = customers.get(item.customer)
+        if customer is None:
+            item.fail("unknown_customer", f"No customer {item.customer!r}.")
+            continue
+        metric = metrics.get(item.metric)
+        if metric is None:
+            item.fail("unknown_metric", f"No metric {item.metric!r}.")
+            continue
+        try:
+            value, distinct = extract_value(metric[1], metric[2], item.properties)
+        except ValueError as exc:
+            item.fail("invalid_value", str(exc), metric=item.metric)
+            continue
+        if item.key in candidates:
+            continue
+        through = customer[1]
+        candidates[item.key] = (  # type: ignore[index]
+            item,
+            (
+                item.key,
+                customer[0],
+                metric[0],
+                adapt_dt(timestamp),
+                value,
+                distinct,
+                item.props_json,
+                item.payload_hash,
+                received,
+                None,  # batch id, set below
+                source,
+                through is not None and timestamp < through,
+                replay_of.pk if replay_of is not None else None,
+                0,
+            ),
+        )
+
+    return candidates
+
+
+def _rejection(item: Item, batch: IngestBatch, prefix: str, outcome: str) -> IngestRejection:
+    code, message, _details = item.error or ("failed", "", {})
+    raw = item.raw
+    customer = metric = ""
+    if isinstance(raw, dict):
+        ce = is_cloudevent(raw)
+        customer, metric = (
+            raw.get("subject" if ce else "customer"),
+            raw.get("type" if ce else "metric"),
+        )
+    return IngestRejection(
+        batch=batch,
+        created_at=batch.received_at,
+        outcome=outcome,
+        idempotency_key=(item.key or "")[:255],
+        customer_ref=str(customer or "")[:200],
+        metric_ref=str(metric or "")[:100],
+        api_key_prefix=prefix,
+        error_code=code,
+        error_message=message,
+        raw_payload=raw,
+    )
+
+
+def _observe(
+    size: int, counts: dict[str, int], results: list[dict[str, Any]], seconds: float
+) -> None:
+    INGEST_BATCH_SIZE.observe(size)
+    INGEST_LATENCY.observe(seconds)
+    for outcome, n in counts.items():
+        if n:
+            INGEST_ITEMS.labels(outcome).inc(n)
+    if counts[Outcome.FAILED] or counts[Outcome.CONFLICT]:
+        codes = Counter(r["error"]["code"] for r in results if "error" in r)
+        for code, n in codes.items():
+            INGEST_REJECTIONS.labels(code).inc(n)
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    rejection_id: int
+    outcome: str  # replay, duplicate, conflict or failed
+    event_id: int | None
+    error: dict[str, Any] | None
+    dry_run: bool
+
+    def describe(self) -> str:
+        verb = "would be" if self.dry_run else "was"
+        if self.outcome == Outcome.REPLAY:
+            stored = "stored" if self.dry_run else f"stored as event {self.event_id}"
+            return f"{verb} {stored}"
+        if self.outcome == Outcome.DUPLICATE:
+            return f"{verb} a duplicate of event {self.event_id}: nothing left to store"
+        assert self.error is not None
+        return f"{'would fail' if self.dry_run else 'still fails'}: {self.error['code']} — " + str(
+            self.error["message"]
+        )
+
+
+def _replay_preview(rejection: IngestRejection) -> ReplayResult:
+    """What a replay would do now, without writing anything."""
+    raw = rejection.raw_payload
+    item = parse_item(0, raw, cloudevent=is_cloudevent(raw))
+    now = timezone.now()
+    _prepare([item], now=now, window_now=rejection.created_at, source="replay", replay_of=None)
+    if item.key is not None and item.payload_hash:
+        existing = (
+            UsageEvent.objects.filter(idempotency_key=item.key)
+            .values_list("id", "payload_hash")
+            .first()
+        )
+        if existing is not None:
+            if existing[1] == item.payload_hash:
+                return ReplayResult(rejection.pk, Outcome.DUPLICATE, existing[0], None, True)
+            error = {
+                "code": "conflict",
+                "message": f"The key is already stored with a different payload "
+                f"(event {existing[0]}).",
+                "details": {"original_event_id": existing[0]},
+            }
+            return ReplayResult(rejection.pk, Outcome.CONFLICT, existing[0], error, True)
+    if item.error is not None:
+        code, message, details = item.error
+        error = {"code": code, "message": message, "details": details}
+        return ReplayResult(rejection.pk, Outcome.FAILED, None, error, True)
+    return ReplayResult(rejection.pk, Outcome.REPLAY, None, None, True)
+
+
+def rejection_replay(
+    *, rejection: IngestRejection, actor: audit.Actor, reason: str, dry_run: bool = False
+) -> ReplayResult:
+    """Re-submits a rejection's raw payload through the ingest pipeline after its cause was
+    fixed (the customer created, the metric added).
+
+    Stored: outcome ``replay``, the event links to the rejection, which becomes ``replayed``.
+    Already stored with the same payload: ``duplicate``, the rejection is closed as replayed.
+    Still failing or conflicting: the rejection stays open with its new error. Every attempt
+    counts in ``replay_attempts`` and is audited in the same transaction. The timestamp window
+    is measured from the original receipt: the event arrived in time, the cause was ours.
+    ``dry_run`` answers what would happen and writes nothing."""
+    reason = reason.strip()
+    if not reason:
+        raise ValidationFailed("A reason is required.", details={"reason": "required"})
+    if rejection.status != IngestRejection.Status.OPEN:
+        raise RejectionNotReplayable(
+            "This rejection was already replayed.", details={"rejection_id": rejection.pk}
+        )
+    if dry_run:
+        return _replay_preview(rejection)
+    with transaction.atomic():
+        # The row lock makes two operators replaying the same rejection take turns; the
+        # second sees it replayed.
+        locked = IngestRejection.objects.select_for_update().get(pk=rejection.pk)
+        if locked.status != IngestRejection.Status.OPEN:
+            raise RejectionNotReplayable(
+                "This rejection was already replayed.", details={"rejection_id": locked.pk}
+            )
+        before = {
+            "status": locked.status,
+            "outcome": locked.outcome,
+            "error_code": locked.error_code,
+            "replay_attempts": locked.replay_attempts,
+        }
+        raw = locked.raw_payload
+        ingested = events_ingest(
+            payloads=[raw],
+            api_key=None,
+            cloudevents=is_cloudevent(raw),
+            source="replay",
+            replay_of=locked,
+            window_now=locked.created_at,
+        )
+        answer = ingested.results[0]
+        outcome, event_id, error = answer["outcome"], answer["event_id"], answer.get("error")
+        locked.replay_attempts += 1
+        locked.last_replayed_at = timezone.now()
+        if outcome in (Outcome.REPLAY, Outcome.DUPLICATE):
+            locked.status = IngestRejection.Status.REPLAYED
+        else:
+            assert error is not None
+            locked.outcome = outcome
+            locked.error_code = error["code"]
+            locked.error_message = error["message"]
+            locked.original_event_id = event_id if outcome == Outcome.CONFLICT else None
+            locked.differing_fields = error["details"].get("differing_fields", [])
+        locked.save()
+        customer = None
+        if event_id is not None:
+            customer = UsageEvent.objects.get(pk=event_id).customer
+        audit.record(
+            actor=actor,
+            action="ingest_rejection.replay",
+            target=locked,
+            reason=reason,
+            before=before,
+            after={
+                "status": locked.status,
+                "outcome": outcome,
+                "error_code": locked.error_code if error else "",
+                "event_id": event_id,
+                "batch_id": ingested.batch_id,
+                "replay_attempts": locked.replay_attempts,
+            },
+            customer=customer,
+        )
+        transaction.on_commit(lambda: REPLAYS.labels("ingest", outcome).inc())
+    rejection.refresh_from_db()
+    return ReplayResult(locked.pk, outcome, event_id, error, False)
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def ingest_prune(*, now: datetime) -> dict[str, int]:
+    """Deletes ingest batches and rejections older than ``NERUBA_INGEST_RETENTION``. Events
+    stay: their ``batch`` id has no constraint and remains as a trace. A rejection that was
+    replayed keeps no link worth protecting (the event's ``rejection`` is set to NULL)."""
+    cutoff = now - timedelta(seconds=settings.NERUBA["NERUBA_INGEST_RETENTION"])
+    with transaction.atomic():
+        rejections, _ = IngestRejection.objects.filter(created_at__lt=cutoff).delete()
+        batches, _ = IngestBatch.objects.filter(received_at__lt=cutoff).delete()
+    return {"batches": batches, "rejections": rejections}

@@ -6,20 +6,31 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ingest', '0002_initial'),
-        ('neruba', '0002_audit_append_only'),
+        ("ingest", "0002_initial"),
+        ("neruba", "0002_audit_append_only"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='InvoicedWatermark',
+            name="InvoicedWatermark",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('invoiced_through', models.DateTimeField()),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('customer', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='invoiced_watermark', to='neruba.customer')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("invoiced_through", models.DateTimeField()),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "customer",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="invoiced_watermark",
+                        to="neruba.customer",
+                    ),
+                ),
             ],
         ),
     ]

@@ -1,0 +1,65 @@
+"""The request envelope of ``POST /api/v1/events``: one event, ``{"events": [...]}``, or
+CloudEvents in structured (one) or batch (a JSON array) mode. Parsed with the stdlib straight
+from the body: whole-request errors are only a malformed envelope, too many items or too many
+bytes; everything about one item is that item's outcome."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ingest.exceptions import MalformedEnvelope, TooManyEvents, UnsupportedMediaType
+
+CLOUDEVENT = "application/cloudevents+json"
+CLOUDEVENT_BATCH = "application/cloudevents-batch+json"
+
+
+@dataclass
+class Envelope:
+    payloads: list[Any]
+    single: bool
+    cloudevents: bool
+
+
+def parse_envelope(body: bytes, content_type: str, *, max_items: int) -> Envelope:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == CLOUDEVENT:
+        mode = "ce"
+    elif media == CLOUDEVENT_BATCH:
+        mode = "ce-batch"
+    elif media in ("", "application/json") or media.endswith("+json"):
+        mode = "json"
+    else:
+        raise UnsupportedMediaType(details={"content_type": media})
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedEnvelope(
+            "The body is not valid JSON.", details={"reason": str(exc)}
+        ) from None
+
+    if mode == "ce":
+        if not isinstance(document, dict):
+            raise MalformedEnvelope("A structured CloudEvent must be a JSON object.")
+        return Envelope([document], single=True, cloudevents=True)
+    if mode == "ce-batch":
+        if not isinstance(document, list):
+            raise MalformedEnvelope("A CloudEvents batch must be a JSON array.")
+        events, cloudevents = document, True
+    elif isinstance(document, dict) and "events" in document:
+        events, cloudevents = document["events"], False
+        if not isinstance(events, list):
+            raise MalformedEnvelope("`events` must be a list of events.")
+    elif isinstance(document, dict):
+        return Envelope([document], single=True, cloudevents=False)
+    else:
+        raise MalformedEnvelope('Send one event object or {"events": [...]}.')
+    if not events:
+        raise MalformedEnvelope("The batch has no events.")
+    if len(events) > max_items:
+        raise TooManyEvents(
+            f"The batch has {len(events)} events; at most {max_items} are allowed.",
+            details={"size": len(events), "max": max_items},
+        )
+    return Envelope(events, single=False, cloudevents=cloudevents)

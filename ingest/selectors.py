@@ -1,0 +1,67 @@
+"""Ingest reads that feed the API and the console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest.models import IngestRejection, Outcome, UsageEvent
+
+
+def event_history(*, idempotency_key: str) -> dict[str, Any] | None:
+    """The stored event for a key (if any) and every outcome it had: accepted or replay from
+    the event row, conflicts and failures from the rejections with that key. Duplicates are
+    counted on the event (``duplicate_count``, ``last_duplicate_at``), not listed one by one.
+    ``None`` when the key was never seen (or its rejections were pruned)."""
+    event = (
+        UsageEvent.objects.select_related("customer", "metric")
+        .filter(idempotency_key=idempotency_key)
+        .first()
+    )
+    rejections = list(
+        IngestRejection.objects.filter(idempotency_key=idempotency_key).order_by("created_at", "id")
+    )
+    if event is None and not rejections:
+        return None
+    history: list[dict[str, Any]] = []
+    if event is not None:
+        history.append(
+            {
+                "outcome": Outcome.REPLAY if event.rejection_id else Outcome.ACCEPTED,
+                "at": event.received_at,
+                "batch_id": event.batch_id,
+                "event_id": event.pk,
+                "rejection_id": event.rejection_id,
+                "status": None,
+                "error": None,
+            }
+        )
+    for rejection in rejections:
+        details: dict[str, Any] = {}
+        if rejection.outcome == Outcome.CONFLICT:
+            details = {
+                "original_event_id": rejection.original_event_id,
+                "differing_fields": rejection.differing_fields,
+            }
+        history.append(
+            {
+                "outcome": rejection.outcome,
+                "at": rejection.created_at,
+                "batch_id": rejection.batch_id,
+                "event_id": rejection.original_event_id,
+                "rejection_id": rejection.pk,
+                "status": rejection.status,
+                "error": {
+                    "code": rejection.error_code,
+                    "message": rejection.error_message,
+                    "details": details,
+                },
+            }
+        )
+    history.sort(key=lambda entry: entry["at"])
+    return {
+        "idempotency_key": idempotency_key,
+        "event": event,
+        "duplicate_count": event.duplicate_count if event else 0,
+        "last_duplicate_at": event.last_duplicate_at if event else None,
+        "history": history,
+    }

@@ -1,0 +1,199 @@
+"""Lean per-item parsing for the ingest hot path.
+
+Per-item DRF serializers cost about 75 µs an event; this module does the same checks in a few
+µs with plain dict access, so batch ingest stays within reach of a raw INSERT. Everything here
+is pure (no database): the service looks customers and metrics up once per batch and finishes
+the checks that need them (see ``ingest.services.events_ingest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ingest.models import Aggregation
+
+MAX_KEY_LENGTH = 255
+MAX_DISTINCT_LENGTH = 255
+# DecimalField(max_digits=30, decimal_places=10): at most 20 digits before the point.
+MAX_VALUE = Decimal(10) ** 20
+
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_head = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_sha256 = hashlib.sha256
+
+
+class Item:
+    """One submitted item after parsing. ``error`` is ``(code, message, details)`` when the item
+    failed before any lookup; ``payload_hash`` is set whenever the payload was well-formed
+    enough to hash (so a retried event that is now outside the window still answers
+    ``duplicate``)."""
+
+    __slots__ = (
+        "customer",
+        "error",
+        "index",
+        "key",
+        "metric",
+        "payload_hash",
+        "properties",
+        "props_json",
+        "raw",
+        "timestamp",
+    )
+
+    def __init__(self, index: int, raw: Any) -> None:
+        self.index = index
+        self.raw = raw
+        self.key: str | None = None
+        self.customer: str = ""
+        self.metric: str = ""
+        self.timestamp: datetime | None = None
+        self.properties: dict[str, Any] = {}
+        self.props_json = "{}"
+        self.payload_hash = ""
+        self.error: tuple[str, str, dict[str, Any]] | None = None
+
+    def fail(self, code: str, message: str, **details: Any) -> Item:
+        self.error = (code, message, details)
+        return self
+
+
+def canonical_hash(customer: str, metric: str, timestamp: datetime, props_json: str) -> str:
+    """The payload's identity: customer, metric, the timestamp normalised to UTC and the
+    properties with sorted keys. Key order, offsets and whitespace do not change it."""
+    head = _head([customer, metric, timestamp.astimezone(UTC).isoformat()])
+    return _sha256((head + props_json).encode()).hexdigest()
+
+
+def properties_json(properties: dict[str, Any]) -> str:
+    return _dumps(properties)
+
+
+def from_cloudevent(raw: dict[str, Any]) -> dict[str, Any]:
+    """CloudEvents attributes to our event fields: id, subject, type, time, data."""
+    return {
+        "idempotency_key": raw.get("id"),
+        "customer": raw.get("subject"),
+        "metric": raw.get("type"),
+        "timestamp": raw.get("time"),
+        "properties": raw.get("data"),
+    }
+
+
+def is_cloudevent(raw: Any) -> bool:
+    return isinstance(raw, dict) and "specversion" in raw
+
+
+_REQUIRED_CE = (("id", "id"), ("subject", "subject"), ("type", "type"), ("time", "time"))
+_REQUIRED = (
+    ("idempotency_key", "idempotency_key"),
+    ("customer", "customer"),
+    ("metric", "metric"),
+    ("timestamp", "timestamp"),
+)
+
+
+def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
+    """Structural checks only: presence and types of the fields, the timestamp's format and the
+    canonical hash. Error codes: ``invalid_event``, ``missing_field``, ``invalid_field``,
+    ``invalid_timestamp``."""
+    item = Item(index, raw)
+    if not isinstance(raw, dict):
+        return item.fail("invalid_event", "Each event must be a JSON object.")
+    event = from_cloudevent(raw) if cloudevent else raw
+    names = _REQUIRED_CE if cloudevent else _REQUIRED
+
+    key = event.get("idempotency_key")
+    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH:
+        item.key = key
+    elif key is None or key == "":
+        return item.fail("missing_field", f"`{names[0][1]}` is required.", field=names[0][1])
+    else:
+        return item.fail(
+            "invalid_field",
+            f"`{names[0][1]}` must be a string of at most {MAX_KEY_LENGTH} characters.",
+            field=names[0][1],
+        )
+
+    customer, metric, stamp = event.get("customer"), event.get("metric"), event.get("timestamp")
+    for value, (_, shown) in zip((customer, metric, stamp), names[1:], strict=True):
+        if value is None or value == "":
+            return item.fail("missing_field", f"`{shown}` is required.", field=shown)
+        if not isinstance(value, str):
+            return item.fail("invalid_field", f"`{shown}` must be a string.", field=shown)
+    item.customer, item.metric = customer, metric  # type: ignore[assignment]
+
+    try:
+        timestamp = datetime.fromisoformat(stamp)  # type: ignore[arg-type]
+    except ValueError:
+        timestamp = None
+    if timestamp is None or timestamp.tzinfo is None:
+        return item.fail(
+            "invalid_timestamp",
+            "`timestamp` must be ISO 8601 with a UTC offset, e.g. 2026-01-31T12:00:00Z.",
+            field=names[3][1],
+        )
+    item.timestamp = timestamp.astimezone(UTC)
+
+    properties = event.get("properties")
+    if properties is None:
+        properties = {}
+    elif not isinstance(properties, dict):
+        shown = "data" if cloudevent else "properties"
+        return item.fail("invalid_field", f"`{shown}` must be a JSON object.", field=shown)
+    item.properties = properties
+    item.props_json = _dumps(properties)
+    item.payload_hash = canonical_hash(item.customer, item.metric, item.timestamp, item.props_json)
+    return item
+
+
+def extract_value(
+    aggregation: str, field: str, properties: dict[str, Any]
+) -> tuple[Decimal | None, str]:
+    """The metric's field as ``(value, distinct_value)``; raises ``ValueError`` with the
+    message for ``invalid_value``.
+
+    count: every event counts one (``value`` 1); sum and max: a finite number in ``field``;
+    unique_count: a string or integer in ``field`` becomes ``distinct_value``."""
+    if aggregation == Aggregation.COUNT:
+        return _ONE, ""
+    if not field:
+        raise ValueError("The metric has no field configured.")
+    raw = properties.get(field)
+    if aggregation == Aggregation.UNIQUE_COUNT:
+        if isinstance(raw, str) and 0 < len(raw) <= MAX_DISTINCT_LENGTH:
+            return None, raw
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return None, str(raw)
+        raise ValueError(
+            f"`properties.{field}` must be a string (at most {MAX_DISTINCT_LENGTH} "
+            "characters) or an integer."
+        )
+    if isinstance(raw, bool) or raw is None:
+        raise ValueError(f"`properties.{field}` must be a number.")
+    if isinstance(raw, int):
+        value = Decimal(raw)
+    elif isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise ValueError(f"`properties.{field}` must be a finite number.")
+        value = Decimal(repr(raw))
+    elif isinstance(raw, str):
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            raise ValueError(f"`properties.{field}` must be a number.") from None
+        if not value.is_finite():
+            raise ValueError(f"`properties.{field}` must be a finite number.")
+    else:
+        raise ValueError(f"`properties.{field}` must be a number.")
+    if abs(value) >= MAX_VALUE:
+        raise ValueError(f"`properties.{field}` is too large.")
+    return value, ""
+
+
+_ONE = Decimal(1)
