@@ -1,5 +1,10 @@
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from operations import console_views
+
+urlpatterns = [
+    path("runbooks/", console_views.runbooks_index, name="runbooks"),
+    path("runbooks/<slug:slug>", console_views.runbook_detail, name="runbook"),
+]
