@@ -72,6 +72,7 @@ class EventAttempt(models.Model):
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=20, blank=True)
+    notes = models.TextField(blank=True, help_text="What the handler changed, one per line.")
     error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
 

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from webhooks import views
+
+urlpatterns = [
+    path("stripe", views.stripe_webhook, name="stripe-webhook"),
+]

@@ -1,0 +1,436 @@
+"""Stripe webhook writes: verify and store a delivery, process a stored event (once), retry due
+events, replay on an operator's request.
+
+Lifecycle of a ``StripeEvent``::
+
+    received ──claim──> processing ──> processed | ignored
+                             │
+                             └──> failed ──(backoff, beat)──> processing ... ──> dead
+
+Only a conditional UPDATE moves an event into ``processing`` (the claim), so however many
+deliveries, workers and beat ticks race, one processor runs at a time. A claim is a lease:
+a worker that died mid-processing leaves ``processing`` with ``next_attempt_at`` in the past,
+and the retry beat takes it over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from billing.models import Invoice
+from billing.payments import invoice_for_provider
+from neruba import audit, context
+from neruba.metrics import REPLAYS, WEBHOOK_PROCESSING, WEBHOOK_RECEIPTS
+from neruba.models import Customer
+from webhooks import handlers
+from webhooks.exceptions import EventBusy, WebhookRejected
+from webhooks.models import EventAttempt, StripeEvent
+
+logger = logging.getLogger(__name__)
+
+Status = StripeEvent.Status
+Trigger = EventAttempt.Trigger
+
+# Headers worth keeping with the event (none of them is a secret; the signature is an HMAC).
+KEPT_HEADERS = (
+    "Stripe-Signature",
+    "User-Agent",
+    "Content-Type",
+    "Content-Length",
+    "X-Request-ID",
+    "X-Forwarded-For",
+)
+# A stored event whose after-commit task never ran (broker down, process killed between commit
+# and enqueue) is picked up by the retry beat after this grace.
+RECEIVED_GRACE = timedelta(minutes=5)
+# How long a claim holds before the retry beat may assume the processor died.
+PROCESSING_LEASE = timedelta(minutes=15)
+BACKOFF_BASE = timedelta(minutes=1)
+BACKOFF_CAP = timedelta(hours=6)
+RETRY_BATCH = 100
+
+
+# --- receipt ---------------------------------------------------------------------------------
+
+
+def _reject(code: str, message: str, http_status: int = 400) -> WebhookRejected:
+    return WebhookRejected(message, code=code, http_status=http_status)
+
+
+def _secret_hint(index: int, secret: str) -> str:
+    return f"secret#{index + 1} …{secret[-4:]}"
+
+
+def _signature_timestamp(header: str) -> tuple[int, int]:
+    """(timestamp, number of v1 signatures) from a ``Stripe-Signature`` header; raises
+    ``WebhookRejected`` when the header is not in Stripe's ``t=…,v1=…`` form."""
+    timestamp: int | None = None
+    v1 = 0
+    for item in header.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not value:
+            raise _reject("malformed_signature", "The Stripe-Signature header is malformed.")
+        if key == "t":
+            if not value.isdigit():
+                raise _reject("malformed_signature", "The signature timestamp is not a number.")
+            timestamp = int(value)
+        elif key == "v1":
+            v1 += 1
+    if timestamp is None:
+        raise _reject("malformed_signature", "The Stripe-Signature header has no timestamp.")
+    return timestamp, v1
+
+
+def signature_verify(
+    *, payload: str, header: str | None, secrets: list[str], tolerance: int, now: float
+) -> str:
+    """Verifies ``header`` over the exact ``payload`` against each configured secret (several
+    live together during rotation) and returns a non-secret hint of the one that matched.
+
+    The SDK refuses timestamps older than ``tolerance``; a timestamp from the future is refused
+    here too, or a captured request signed with a skewed clock would stay replayable for as long
+    as the skew."""
+    if not secrets:
+        raise _reject(
+            "webhooks_not_configured", "No webhook signing secret is configured.", http_status=503
+        )
+    if not header:
+        raise _reject("missing_signature", "The Stripe-Signature header is missing.")
+    timestamp, v1_count = _signature_timestamp(header)
+    if not v1_count:
+        raise _reject("no_v1_signature", "The Stripe-Signature header has no v1 signature.")
+    if timestamp < now - tolerance:
+        raise _reject("stale_timestamp", "The signature timestamp is outside the tolerance.")
+    if timestamp > now + tolerance:
+        raise _reject("future_timestamp", "The signature timestamp is in the future.")
+    for index, secret in enumerate(secrets):
+        try:
+            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
+        except stripe.SignatureVerificationError:
+            continue
+        return _secret_hint(index, secret)
+    raise _reject("bad_signature", "No signature matches the payload for any configured secret.")
+
+
+def _parse_event(payload: str) -> dict[str, Any]:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        data = None
+    if (
+        not isinstance(data, dict)
+        or data.get("object") != "event"
+        or not isinstance(data.get("id"), str)
+        or not data["id"]
+        or not isinstance(data.get("type"), str)
+        or not data["type"]
+        or not isinstance(data.get("created"), int)
+        or not isinstance(data.get("data"), dict)
+        or not isinstance(data["data"].get("object"), dict)
+    ):
+        raise _reject("not_an_event", "The body is not a Stripe event.")
+    return data
+
+
+def _stripe_id(value: Any) -> str:
+    """An id from a field that holds either an id or an expanded object."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else ""
+
+
+def _links(payload: dict[str, Any]) -> tuple[str, Customer | None, Invoice | None]:
+    """(object id, customer, invoice) known at receipt, from two indexed lookups at most."""
+    obj = payload["data"]["object"]
+    object_id = _stripe_id(obj.get("id"))
+    invoice = None
+    if obj.get("object") == "invoice":
+        metadata = obj.get("metadata") or {}
+        invoice = invoice_for_provider(
+            provider_invoice_id=object_id,
+            invoice_number=str(metadata.get("neruba_invoice_number") or ""),
+        )
+    if invoice is not None:
+        return object_id, invoice.customer, invoice
+    stripe_customer = (
+        object_id if obj.get("object") == "customer" else _stripe_id(obj.get("customer"))
+    )
+    customer = None
+    if stripe_customer:
+        customer = Customer.objects.filter(stripe_customer_id=stripe_customer).first()
+    return object_id, customer, None
+
+
+def _enqueue(event_id: int) -> None:
+    from webhooks import tasks  # tasks import this module
+
+    tasks.process_event.delay(event_id)
+
+
+def event_receive(
+    *,
+    body: bytes,
+    signature: str | None,
+    headers: dict[str, str],
+    secrets: list[str] | None = None,
+) -> tuple[StripeEvent, bool]:
+    """Verifies a delivery on its raw bytes and stores it; returns (event, created).
+
+    Nothing is stored unless the signature, timestamp and shape are right. A redelivery of a
+    stored event returns the stored row with ``created=False`` and enqueues nothing: the unique
+    ``stripe_id`` decides, so concurrent redeliveries cannot both insert. Processing is enqueued
+    only after the row committed, so the worker always finds it. ``secrets`` defaults to
+    ``STRIPE_WEBHOOK_SECRETS`` (the demo data signs with its own)."""
+    try:
+        limit = settings.NERUBA["STRIPE_WEBHOOK_MAX_BYTES"]
+        if len(body) > limit:
+            raise _reject("too_large", f"The body is larger than {limit} bytes.")
+        try:
+            payload_text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _reject("not_an_event", "The body is not UTF-8 JSON.") from None
+        hint = signature_verify(
+            payload=payload_text,
+            header=signature,
+            secrets=list(settings.NERUBA["STRIPE_WEBHOOK_SECRETS"] if secrets is None else secrets),
+            tolerance=int(settings.NERUBA["STRIPE_WEBHOOK_TOLERANCE"]),
+            now=time.time(),
+        )
+        payload = _parse_event(payload_text)
+    except WebhookRejected as exc:
+        WEBHOOK_RECEIPTS.labels(result=exc.code).inc()
+        raise
+    context.stripe_event_id.set(payload["id"])
+    object_id, customer, invoice = _links(payload)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            event = StripeEvent.objects.create(
+                stripe_id=payload["id"],
+                type=payload["type"][:100],
+                api_version=str(payload.get("api_version") or "")[:40],
+                livemode=bool(payload.get("livemode")),
+                created=datetime.fromtimestamp(payload["created"], tz=UTC),
+                raw_body=body,
+                payload=payload,
+                headers={k: v for k, v in headers.items() if k in KEPT_HEADERS},
+                secret_hint=hint,
+                object_id=object_id[:100],
+                customer=customer,
+                invoice=invoice,
+                received_at=now,
+                next_attempt_at=now + RECEIVED_GRACE,
+            )
+            transaction.on_commit(lambda: _enqueue(event.pk))
+    except IntegrityError:
+        existing = StripeEvent.objects.filter(stripe_id=payload["id"]).first()
+        if existing is None:  # not the unique id after all: a real integrity problem
+            raise
+        WEBHOOK_RECEIPTS.labels(result="duplicate").inc()
+        return existing, False
+    WEBHOOK_RECEIPTS.labels(result="stored").inc()
+    return event, True
+
+
+# --- processing ------------------------------------------------------------------------------
+
+
+def backoff(attempts: int) -> timedelta:
+    """Delay before the next try after ``attempts`` failed ones: 1, 2, 4, … minutes, capped."""
+    return min(BACKOFF_BASE * (2 ** max(attempts - 1, 0)), BACKOFF_CAP)
+
+
+def _claimable(trigger: str, now: datetime) -> Q:
+    lease_lapsed = Q(status=Status.PROCESSING, next_attempt_at__lte=now)
+    if trigger == Trigger.HTTP:
+        return Q(status=Status.RECEIVED)
+    if trigger == Trigger.RETRY:
+        return Q(status__in=[Status.RECEIVED, Status.FAILED], next_attempt_at__lte=now) | (
+            lease_lapsed
+        )
+    # An operator may replay any event, except one a live processor holds.
+    return ~Q(status=Status.PROCESSING) | lease_lapsed
+
+
+def _claim(*, event: StripeEvent, trigger: str, now: datetime) -> bool:
+    claimed = (
+        StripeEvent.objects.filter(pk=event.pk)
+        .filter(_claimable(trigger, now))
+        .update(
+            status=Status.PROCESSING,
+            attempts=F("attempts") + 1,
+            next_attempt_at=now + PROCESSING_LEASE,
+        )
+    )
+    return claimed == 1
+
+
+def event_process(
+    *, event: StripeEvent, trigger: str, actor: audit.Actor = None, reason: str = ""
+) -> EventAttempt | None:
+    """Processes a stored event once; returns the attempt, or ``None`` when another processor
+    holds it or it is not due (nothing happened).
+
+    The handler's changes, the event's new status and the attempt's outcome commit in one
+    transaction: an event is ``processed`` exactly when its effects are. A failure rolls the
+    effects back and is recorded in a second transaction with the traceback; after
+    ``STRIPE_WEBHOOK_MAX_ATTEMPTS`` the event is ``dead`` and waits for an operator."""
+    now = timezone.now()
+    previous = event.status
+    if not _claim(event=event, trigger=trigger, now=now):
+        return None
+    event.refresh_from_db()
+    token = context.stripe_event_id.set(event.stripe_id)
+    user = actor if getattr(actor, "is_authenticated", False) else None
+    attempt = EventAttempt.objects.create(event=event, trigger=trigger, actor=user, started_at=now)
+    try:
+        try:
+            with transaction.atomic():
+                result = handlers.dispatch(event)
+                finished = timezone.now()
+                status = Status.PROCESSED if result.outcome == "processed" else Status.IGNORED
+                links: dict[str, Any] = {}
+                if result.invoice is not None and event.invoice_id is None:
+                    links["invoice"] = result.invoice
+                if result.customer is not None and event.customer_id is None:
+                    links["customer"] = result.customer
+                StripeEvent.objects.filter(pk=event.pk).update(
+                    status=status,
+                    last_error="",
+                    next_attempt_at=None,
+                    processed_at=finished,
+                    **links,
+                )
+                attempt.outcome, attempt.finished_at = result.outcome, finished
+                attempt.notes = "\n".join(result.notes)
+                attempt.save(update_fields=["outcome", "finished_at", "notes"])
+                if trigger == Trigger.REPLAY:
+                    _audit_replay(event, actor, reason, previous, status, attempt)
+        except Exception as exc:
+            status = _record_failure(
+                event=event, attempt=attempt, exc=exc, trace=traceback.format_exc()
+            )
+            if trigger == Trigger.REPLAY:
+                with transaction.atomic():
+                    _audit_replay(event, actor, reason, previous, status, attempt)
+            logger.warning(
+                "stripe event %s (%s) failed on attempt %s: %s",
+                event.stripe_id,
+                event.type,
+                event.attempts,
+                attempt.error,
+            )
+    finally:
+        context.stripe_event_id.reset(token)
+    WEBHOOK_PROCESSING.labels(outcome=attempt.outcome, trigger=trigger).inc()
+    event.refresh_from_db()
+    return attempt
+
+
+def _record_failure(
+    *, event: StripeEvent, attempt: EventAttempt, exc: Exception, trace: str
+) -> str:
+    now = timezone.now()
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    dead = event.attempts >= settings.NERUBA["STRIPE_WEBHOOK_MAX_ATTEMPTS"]
+    status = Status.DEAD if dead else Status.FAILED
+    with transaction.atomic():
+        StripeEvent.objects.filter(pk=event.pk).update(
+            status=status,
+            last_error=error,
+            next_attempt_at=None if dead else now + backoff(event.attempts),
+        )
+        attempt.outcome, attempt.finished_at = "failed", now
+        attempt.error, attempt.traceback = error, trace
+        attempt.save(update_fields=["outcome", "finished_at", "error", "traceback"])
+        if dead:
+            audit.record(
+                actor=None,
+                action="stripe_event.dead",
+                target=event,
+                customer=event.customer,
+                reason=f"gave up after {event.attempts} attempts",
+                after={"last_error": error},
+            )
+    return status
+
+
+def _audit_replay(
+    event: StripeEvent,
+    actor: audit.Actor,
+    reason: str,
+    previous: str,
+    status: str,
+    attempt: EventAttempt,
+) -> None:
+    audit.record(
+        actor=actor,
+        action="stripe_event.replay",
+        target=event,
+        customer=event.customer,
+        reason=reason,
+        before={"status": previous},
+        after={
+            "status": status,
+            "attempt": attempt.pk,
+            "outcome": attempt.outcome,
+            "notes": attempt.notes,
+            "error": attempt.error,
+        },
+    )
+
+
+def events_retry_due(*, now: datetime) -> dict[str, int]:
+    """Retries every event whose backoff elapsed (and takes over lapsed claims); returns counts
+    by outcome. Bounded per call; the beat calls it again shortly."""
+    due = list(
+        StripeEvent.objects.filter(next_attempt_at__lte=now)
+        .filter(status__in=[Status.RECEIVED, Status.FAILED, Status.PROCESSING])
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:RETRY_BATCH]
+    )
+    counts: dict[str, int] = {"processed": 0, "ignored": 0, "failed": 0, "skipped": 0}
+    for event in StripeEvent.objects.filter(pk__in=due):
+        attempt = event_process(event=event, trigger=Trigger.RETRY)
+        counts[attempt.outcome if attempt else "skipped"] += 1
+    return counts
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+def event_replay(*, event: StripeEvent, actor: audit.Actor, reason: str) -> EventAttempt:
+    """Processes a stored event again on an operator's request (console or command). The attempt
+    has trigger ``replay`` and the operator as actor; the audit entry carries the reason and the
+    outcome. Handlers are idempotent, so replaying a processed event changes nothing twice."""
+    if not reason.strip():
+        from neruba.errors import ValidationFailed
+
+        raise ValidationFailed("A reason is required.", details={"reason": "required"})
+    attempt = event_process(event=event, trigger=Trigger.REPLAY, actor=actor, reason=reason)
+    if attempt is None:
+        REPLAYS.labels(kind="stripe_event", outcome="busy").inc()
+        raise EventBusy(details={"event": event.stripe_id})
+    REPLAYS.labels(kind="stripe_event", outcome=attempt.outcome).inc()
+    return attempt
+
+
+def event_dry_run(*, event: StripeEvent) -> handlers.HandlerResult:
+    """What processing ``event`` now would change, without changing it: the real handler runs
+    in a transaction that is always rolled back (its audit entries and credits included)."""
+    with transaction.atomic():
+        try:
+            return handlers.dispatch(event)
+        finally:
+            transaction.set_rollback(True)
