@@ -3,6 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -10,6 +12,10 @@ from neruba import locks, services
 from neruba.admin_actions import GuardedAdminMixin, ReadOnlyAdminMixin, guarded_action
 from neruba.admin_site import console
 from neruba.models import ApiKey, AuditEntry, Customer, SchedulerLock, SupportNote
+
+# Superusers manage console users and their role groups here; the roles grant no auth permission.
+console.register(User, UserAdmin)
+console.register(Group, GroupAdmin)
 
 
 @admin.register(Customer, site=console)

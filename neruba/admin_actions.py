@@ -137,6 +137,19 @@ class GuardedAdminMixin:
             or request.user.has_perm(value[0].guarded_permission)
         }
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        # A hidden action is simply absent from get_actions(), which Django answers with a quiet
+        # "No action selected" redirect; a forced POST naming a guarded action is refused loudly.
+        if request.method == "POST":
+            every = super().get_actions(request)  # type: ignore[misc]
+            for name in request.POST.getlist("action"):
+                perm = getattr(every.get(name, (None,))[0], "guarded_permission", None)
+                if perm and not request.user.has_perm(perm):
+                    raise PermissionDenied(f"{name} needs the {perm} permission.")
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
     def get_urls(self) -> list[Any]:
         opts = self.model._meta  # type: ignore[attr-defined]
         name = f"{opts.app_label}_{opts.model_name}_object_action"
