@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing import selectors, services
-from billing.models import Plan, Price, Subscription
+from billing.models import CreditEntry, Invoice, InvoiceLine, Plan, Price, Subscription
 from neruba import selectors as kernel_selectors
-from neruba.api import ErrorSerializer, ScopedApi
+from neruba.api import ErrorSerializer, ScopedApi, page_of
 
 
 class PriceOutput(serializers.ModelSerializer):
@@ -42,7 +44,7 @@ class SubscriptionOutput(serializers.ModelSerializer):
 class PlanListApi(ScopedApi):
     required_scopes = {"GET": "read"}
 
-    @extend_schema(operation_id="plans_list", responses={200: PlanOutput(many=True)})
+    @extend_schema(operation_id="plans_list", responses={200: page_of(PlanOutput)})
     def get(self, request: Request) -> Response:
         return self.paginated(request, selectors.plan_list(), PlanOutput)
 
@@ -64,7 +66,7 @@ class SubscriptionListApi(ScopedApi):
     @extend_schema(
         operation_id="subscriptions_list",
         parameters=[OpenApiParameter("customer", str, description="Customer external id")],
-        responses={200: SubscriptionOutput(many=True)},
+        responses={200: page_of(SubscriptionOutput)},
     )
     def get(self, request: Request) -> Response:
         qs = selectors.subscription_list(customer_external_id=request.query_params.get("customer"))
@@ -92,3 +94,155 @@ class SubscriptionListApi(ScopedApi):
             actor=request.auth,
         )
         return Response(SubscriptionOutput(subscription).data, status=status.HTTP_201_CREATED)
+
+
+# --- invoices, credits, usage ----------------------------------------------------------------
+
+
+class InvoiceLineOutput(serializers.Serializer):
+    metric = serializers.SerializerMethodField()
+    description = serializers.CharField()
+    quantity = serializers.DecimalField(
+        max_digits=30, decimal_places=10, coerce_to_string=True, normalize_output=True
+    )
+    unit_amount = serializers.DecimalField(
+        max_digits=20, decimal_places=10, coerce_to_string=True, normalize_output=True
+    )
+    amount = serializers.IntegerField()
+
+    def get_metric(self, line: InvoiceLine) -> str | None:
+        return line.metric.code if line.metric_id else None
+
+
+class InvoiceOutput(serializers.ModelSerializer):
+    customer = serializers.SlugRelatedField(slug_field="external_id", read_only=True)
+    lines = InvoiceLineOutput(many=True, read_only=True)
+
+    class Meta:
+        model = Invoice
+        fields = [
+            "number",
+            "customer",
+            "status",
+            "period_start",
+            "period_end",
+            "currency",
+            "subtotal",
+            "credits_applied",
+            "total",
+            "lines",
+        ]
+
+
+class InvoiceListApi(ScopedApi):
+    required_scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="invoices_list",
+        parameters=[
+            OpenApiParameter("customer", str, description="Customer external id"),
+            OpenApiParameter(
+                "status", str, description="Invoice status", enum=list(Invoice.Status.values)
+            ),
+        ],
+        responses={200: InvoiceOutput(many=True)},
+    )
+    def get(self, request: Request) -> Response:
+        qs = selectors.invoice_list(
+            customer_external_id=request.query_params.get("customer"),
+            status=request.query_params.get("status"),
+        )
+        return self.paginated(request, qs, InvoiceOutput)
+
+
+class InvoiceDetailApi(ScopedApi):
+    required_scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="invoices_retrieve", responses={200: InvoiceOutput, 404: ErrorSerializer}
+    )
+    def get(self, request: Request, number: str) -> Response:
+        return Response(InvoiceOutput(selectors.invoice_get(number=number)).data)
+
+
+class CreditEntryOutput(serializers.ModelSerializer):
+    invoice = serializers.SlugRelatedField(slug_field="number", read_only=True)
+
+    class Meta:
+        model = CreditEntry
+        fields = [
+            "id",
+            "currency",
+            "amount",
+            "kind",
+            "reason_code",
+            "invoice",
+            "note",
+            "created_at",
+        ]
+
+
+class CreditsOutput(serializers.Serializer):
+    class Balance(serializers.Serializer):
+        currency = serializers.CharField()
+        balance = serializers.IntegerField()
+
+    customer = serializers.CharField()
+    balances = Balance(many=True)
+    entries = CreditEntryOutput(many=True)
+
+
+class CustomerCreditsApi(ScopedApi):
+    required_scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="customers_credits",
+        parameters=[OpenApiParameter("limit", int, description="Entries to return (max 500)")],
+        responses={200: CreditsOutput, 404: ErrorSerializer},
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        customer = kernel_selectors.customer_get(external_id=external_id)
+        try:
+            limit = max(1, min(500, int(request.query_params.get("limit", 100))))
+        except ValueError:
+            limit = 100
+        balances = selectors.credit_balances(customer=customer)
+        body = {
+            "customer": customer.external_id,
+            "balances": [{"currency": c, "balance": b} for c, b in balances.items()],
+            "entries": selectors.credit_entries(customer=customer)[:limit],
+        }
+        return Response(CreditsOutput(body).data)
+
+
+class UsageOutput(serializers.Serializer):
+    class Window(serializers.Serializer):
+        subscription = serializers.IntegerField(source="subscription.pk")
+        plan = serializers.CharField(source="subscription.plan.code")
+        currency = serializers.CharField(source="subscription.plan.currency")
+        period_start = serializers.DateTimeField()
+        period_end = serializers.DateTimeField()
+        lines = serializers.SerializerMethodField()
+        amount = serializers.IntegerField(source="subtotal")
+
+        @extend_schema_field(InvoiceLineOutput(many=True))
+        def get_lines(self, obj: Any) -> list[dict[str, Any]]:
+            return obj.lines
+
+    customer = serializers.CharField()
+    windows = Window(many=True)
+
+
+class CustomerUsageApi(ScopedApi):
+    required_scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="customers_usage", responses={200: UsageOutput, 404: ErrorSerializer}
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        customer = kernel_selectors.customer_get(external_id=external_id)
+        body = {
+            "customer": customer.external_id,
+            "windows": selectors.usage_current(customer=customer),
+        }
+        return Response(UsageOutput(body).data)

@@ -98,3 +98,9 @@ def effective_unit_amount(*, amount: Decimal, quantity: Decimal) -> Decimal:
 def credits_applicable(*, subtotal: int, balance: int) -> int:
     """Credits consumed by an invoice: never more than the balance, never below a zero total."""
     return max(0, min(subtotal, balance))
+
+
+def decimal_str(value: Decimal) -> str:
+    """A plain decimal string without exponent or trailing zeros: ``120``, ``0.5``."""
+    text = format(Decimal(value).normalize(), "f")
+    return "0" if text in ("-0", "") else text

@@ -1,9 +1,25 @@
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
-from billing.exceptions import PlanNotFound
-from billing.models import Plan, Price, Subscription
+from django.db.models import Prefetch, Q, QuerySet, Sum
+from django.utils import timezone
+
+from billing.exceptions import InvoiceNotFound, PlanNotFound
+from billing.models import (
+    BillingWindow,
+    CreditEntry,
+    Invoice,
+    InvoiceLine,
+    Plan,
+    Price,
+    Subscription,
+)
+from billing.periods import period_current
+from billing.usage import usage_between
+from neruba.models import Customer
 
 
 def plan_list() -> QuerySet[Plan]:
@@ -24,3 +40,107 @@ def subscription_list(*, customer_external_id: str | None = None) -> QuerySet[Su
     if customer_external_id:
         qs = qs.filter(customer__external_id=customer_external_id)
     return qs
+
+
+def invoice_list(
+    *, customer_external_id: str | None = None, status: str | None = None
+) -> QuerySet[Invoice]:
+    qs = Invoice.objects.select_related("customer").prefetch_related(
+        Prefetch("lines", queryset=InvoiceLine.objects.select_related("metric"))
+    )
+    if customer_external_id:
+        qs = qs.filter(customer__external_id=customer_external_id)
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def invoice_get(*, number: str) -> Invoice:
+    try:
+        return invoice_list().get(number=number)
+    except Invoice.DoesNotExist:
+        raise InvoiceNotFound(details={"number": number}) from None
+
+
+def invoice_by_provider_id(*, provider_invoice_id: str) -> Invoice | None:
+    """The invoice pushed to the provider under that id (e.g. Stripe's ``in_...``)."""
+    if not provider_invoice_id:
+        return None
+    return Invoice.objects.filter(provider_invoice_id=provider_invoice_id).first()
+
+
+def credit_balances(*, customer: Customer) -> dict[str, int]:
+    rows = (
+        CreditEntry.objects.filter(customer=customer)
+        .values("currency")
+        .annotate(total=Sum("amount"))
+        .order_by("currency")
+    )
+    return {row["currency"]: int(row["total"] or 0) for row in rows}
+
+
+def credit_entries(*, customer: Customer) -> QuerySet[CreditEntry]:
+    return CreditEntry.objects.filter(customer=customer).select_related("invoice")
+
+
+@dataclass
+class CurrentUsage:
+    subscription: Subscription
+    period_start: datetime
+    period_end: datetime
+    lines: list[dict[str, Any]]
+    subtotal: int
+
+
+def usage_current(*, customer: Customer, at: datetime | None = None) -> list[CurrentUsage]:
+    """The open window of each active subscription: quantities so far and the amount they
+    would bill at (base fee included), aggregated in the database."""
+    from billing.services import invoice_draft
+
+    at = at or timezone.now()
+    prices = prices_by_plan()
+    out: list[CurrentUsage] = []
+    subscriptions = (
+        Subscription.objects.filter(customer=customer, started_at__lte=at)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=at))
+        .select_related("plan", "customer")
+        .order_by("started_at", "id")
+    )
+    for subscription in subscriptions:
+        bounds = period_current(
+            interval=subscription.plan.interval,
+            started_at=subscription.started_at,
+            ended_at=subscription.ended_at,
+            at=at,
+        )
+        if bounds is None:
+            continue
+        plan_prices = prices.get(subscription.plan_id, [])
+        usage = usage_between(
+            customer_id=customer.pk,
+            metric_aggregations={p.metric_id: p.metric.aggregation for p in plan_prices},
+            start=bounds[0],
+            end=min(bounds[1], at + timedelta(microseconds=1)),
+        )
+        window = BillingWindow(
+            subscription=subscription, period_start=bounds[0], period_end=bounds[1]
+        )
+        draft = invoice_draft(window=window, usage=usage, prices=plan_prices)
+        out.append(
+            CurrentUsage(
+                subscription=subscription,
+                period_start=bounds[0],
+                period_end=bounds[1],
+                lines=[line.as_dict() for line in draft.lines],
+                subtotal=draft.subtotal,
+            )
+        )
+    return out
+
+
+def prices_by_plan() -> dict[int, list[Price]]:
+    """Every price with its metric, per plan id, in metric-code order (invoice line order)."""
+    prices: dict[int, list[Price]] = {}
+    for price in Price.objects.select_related("metric").order_by("metric__code"):
+        prices.setdefault(price.plan_id, []).append(price)
+    return prices

@@ -39,10 +39,12 @@ from billing.periods import periods_between
 from billing.pricing import (
     amount_round,
     credits_applicable,
+    decimal_str,
     effective_unit_amount,
     price_amount,
     tiers_validate,
 )
+from billing.selectors import prices_by_plan
 from billing.usage import usage_for_windows
 from ingest import services as ingest_services
 from ingest.models import Metric
@@ -161,10 +163,10 @@ class LineDraft:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "metric": self.metric_code,
+            "metric": self.metric_code or None,
             "description": self.description,
-            "quantity": str(self.quantity.normalize()),
-            "unit_amount": str(self.unit_amount.normalize()),
+            "quantity": decimal_str(self.quantity),
+            "unit_amount": decimal_str(self.unit_amount),
             "amount": self.amount,
         }
 
@@ -234,13 +236,6 @@ def windows_due(*, cutoff: datetime) -> QuerySet[BillingWindow]:
     )
 
 
-def _prices_by_plan() -> dict[int, list[Price]]:
-    prices: dict[int, list[Price]] = {}
-    for price in Price.objects.select_related("metric").order_by("metric__code"):
-        prices.setdefault(price.plan_id, []).append(price)
-    return prices
-
-
 def _aggregations() -> dict[int, str]:
     return dict(Metric.objects.values_list("id", "aggregation"))
 
@@ -290,7 +285,7 @@ def invoice_draft(
 def window_draft(*, window: BillingWindow) -> InvoiceDraft:
     """Prices one window from the events stored now (used by reruns and previews)."""
     usage = usage_for_windows(window_ids=[window.pk], aggregations=_aggregations())
-    prices = _prices_by_plan().get(window.subscription.plan_id, [])
+    prices = prices_by_plan().get(window.subscription.plan_id, [])
     return invoice_draft(window=window, usage=usage.get(window.pk, {}), prices=prices)
 
 
@@ -556,7 +551,7 @@ def billing_scan(
         if lease is not None:
             _runs_abandon(current=run)
         windows_generate(through=cutoff)
-        prices = _prices_by_plan()
+        prices = prices_by_plan()
         aggregations = _aggregations()
         due = windows_due(cutoff=cutoff)
         last: tuple[datetime, int] | None = None
@@ -671,10 +666,10 @@ class RerunResult:
 def _line_dicts(invoice: Invoice) -> list[dict[str, Any]]:
     return [
         {
-            "metric": line.metric.code if line.metric else "",
+            "metric": line.metric.code if line.metric else None,
             "description": line.description,
-            "quantity": str(line.quantity.normalize()),
-            "unit_amount": str(line.unit_amount.normalize()),
+            "quantity": decimal_str(line.quantity),
+            "unit_amount": decimal_str(line.unit_amount),
             "amount": line.amount,
         }
         for line in invoice.lines.select_related("metric")
