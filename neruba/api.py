@@ -33,6 +33,27 @@ class ScopedApi(APIView):
         return paginator.get_paginated_response(serializer(page, many=True).data)
 
 
+_PAGES: dict[type[serializers.Serializer[Any]], type[serializers.Serializer[Any]]] = {}
+
+
+def page_of(serializer: type[serializers.Serializer[Any]]) -> type[serializers.Serializer[Any]]:
+    """The schema of a cursor page of ``serializer`` rows, for ``extend_schema(responses=...)``
+    on list endpoints (one class per row serializer, so component names stay unique)."""
+    if serializer not in _PAGES:
+        name = serializer.__qualname__.replace(".", "")
+        _PAGES[serializer] = type(
+            f"{name}Page",
+            (serializers.Serializer,),
+            {
+                "next": serializers.URLField(allow_null=True),
+                "previous": serializers.URLField(allow_null=True),
+                "results": serializer(many=True),
+                "__module__": serializer.__module__,
+            },
+        )
+    return _PAGES[serializer]
+
+
 class ErrorSerializer(serializers.Serializer):
     """The error envelope, for the schema."""
 

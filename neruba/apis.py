@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from neruba import selectors, services
-from neruba.api import ErrorSerializer, ScopedApi
+from neruba.api import ErrorSerializer, ScopedApi, page_of
 from neruba.models import Customer
 
 
@@ -28,7 +28,7 @@ class CustomerListApi(ScopedApi):
             max_length=100, required=False, allow_blank=True, default=""
         )
 
-    @extend_schema(operation_id="customers_list", responses={200: CustomerOutput(many=True)})
+    @extend_schema(operation_id="customers_list", responses={200: page_of(CustomerOutput)})
     def get(self, request: Request) -> Response:
         return self.paginated(request, selectors.customer_list(), CustomerOutput)
 

@@ -27,3 +27,53 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "name": "Authorization",
             "description": "`Api-Key <prefix>.<secret>`; scopes: ingest, read, write.",
         }
+
+
+_ERROR_ENVELOPE = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "object", "additionalProperties": True},
+            },
+        }
+    },
+}
+_COMMON_ERRORS = {
+    "401": "No API key, or the key is invalid, revoked or expired.",
+    "403": "The API key lacks the scope this operation needs.",
+    "429": "Too many requests for this key; see Retry-After.",
+}
+
+
+def add_error_responses(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every API operation can answer the error envelope
+    with 401/403/429, 400 when it takes a body or query, and 404 when its path has a
+    parameter; the schema says so, so clients (and schemathesis) can rely on it."""
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    components.setdefault("ErrorEnvelope", _ERROR_ENVELOPE)
+    ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            statuses = dict(_COMMON_ERRORS)
+            if "requestBody" in operation or operation.get("parameters"):
+                statuses["400"] = "The request is not valid; details name the fields."
+            if "{" in path:
+                statuses["404"] = "No such object."
+            if method in {"post", "patch", "put"}:
+                statuses["415"] = "The body is not JSON."
+            for status, description in statuses.items():
+                operation["responses"].setdefault(
+                    status,
+                    {"description": description, "content": {"application/json": {"schema": ref}}},
+                )
+    return result
