@@ -23,6 +23,8 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
             "task": "billing.scan",
             "schedule": float(settings.NERUBA["NERUBA_BILLING_SCAN_INTERVAL"]),
         },
+        # Failed Stripe events whose backoff elapsed, and claims whose worker died.
+        "webhooks-retry-due": {"task": "webhooks.retry_due", "schedule": 60.0},
     }
 
 
