@@ -35,7 +35,7 @@ from billing.models import (
     ReasonCode,
     Subscription,
 )
-from billing.periods import periods_between
+from billing.periods import period_next, periods_between
 from billing.pricing import (
     amount_round,
     credits_applicable,
@@ -215,6 +215,10 @@ def windows_generate(*, through: datetime) -> int:
     if pending:
         created += len(BillingWindow.objects.bulk_create(pending, ignore_conflicts=True))
     return created
+
+
+def period_end_of(*, interval: str, start: datetime) -> datetime:
+    return period_next(interval=interval, start=start)
 
 
 def _live_invoice(window_ref: Any) -> Exists:
@@ -712,6 +716,7 @@ def invoice_rerun(
     if invoice is None and window is None:
         raise InvoiceStateInvalid("Give an invoice or a window.")
     if invoice is not None:
+        invoice = Invoice.objects.select_related("customer").get(pk=invoice.pk)  # fresh status
         window = invoice.window
     assert window is not None
     window = BillingWindow.objects.select_related(
