@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -60,6 +60,9 @@ from neruba.locks import (
 )
 from neruba.metrics import BILLING_RUN_DURATION, BILLING_RUNS, WINDOWS_INVOICED
 from neruba.models import ApiKey, Customer
+
+if TYPE_CHECKING:
+    from billing.providers import PaymentProvider
 
 logger = logging.getLogger(__name__)
 
@@ -918,7 +921,7 @@ def credit_issue(
 SYNC_MAX_ATTEMPTS = 8
 
 
-def provider_sync_send(*, sync: ProviderSync) -> bool:
+def provider_sync_send(*, sync: ProviderSync, provider: PaymentProvider | None = None) -> bool:
     """Sends one outbox row to the payment provider. The call happens outside any row lock;
     the outcome is written afterwards. Returns True when sent (or already sent); on failure
     records the error and the next attempt time (exponential backoff) and re-raises."""
@@ -928,7 +931,7 @@ def provider_sync_send(*, sync: ProviderSync) -> bool:
     if sync.status == ProviderSync.Status.SENT:
         return True
     invoice = sync.invoice
-    provider = provider_get()
+    provider = provider or provider_get()
     try:
         if sync.action == ProviderSync.Action.PUSH:
             provider_id = provider.push_invoice(invoice)
