@@ -17,6 +17,7 @@ from ingest import services as ingest_services
 from ingest.models import Metric
 from neruba import services as kernel_services
 from neruba.models import Customer
+from webhooks.demo import seed_webhooks
 
 DEMO_USERS = {"support": "Support", "finance": "Finance", "operations": "Operations"}
 
@@ -147,4 +148,6 @@ def seed_catalog() -> dict[str, int]:
 
 def seed_all() -> dict[str, int]:
     with transaction.atomic():
-        return seed_catalog()
+        counts = seed_catalog()
+    counts.update(seed_webhooks())
+    return counts
