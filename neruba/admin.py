@@ -26,6 +26,13 @@ class CustomerAdmin(admin.ModelAdmin):
     show_full_result_count = False
     readonly_fields = ["created_at"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Customer | None = None) -> list[str]:
+        # API clients address customers by external id, and customer_update never changes it:
+        # an editable field would be a rename the console reports as saved but silently drops.
+        if obj is not None:
+            return [*self.readonly_fields, "external_id"]
+        return list(self.readonly_fields)
+
     def save_model(self, request: HttpRequest, obj: Customer, form: Any, change: bool) -> None:
         # Through the services so the change is audited like any other entry point.
         if change:

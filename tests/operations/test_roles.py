@@ -149,6 +149,30 @@ def test_support_can_fix_a_customer_and_the_change_is_audited(
     assert (entry.before["name"], entry.after["name"]) == ("Holi", "Hooli")
 
 
+def test_the_console_does_not_offer_to_rename_a_customers_external_id(
+    console_user: Callable[[str], User],
+) -> None:
+    # Clients address customers by external id; a console edit must not silently drop a rename.
+    customer = CustomerFactory(external_id="hooli", name="Hooli", currency="USD")
+    client = login(console_user, "Support")
+    page = client.get(f"/admin/neruba/customer/{customer.pk}/change/").content.decode()
+    assert 'name="external_id"' not in page
+    response = client.post(
+        f"/admin/neruba/customer/{customer.pk}/change/",
+        {
+            "external_id": "renamed",
+            "name": "Hooli 2",
+            "email": "",
+            "currency": "USD",
+            "stripe_customer_id": "",
+        },
+    )
+    assert response.status_code == 302
+    customer.refresh_from_db()
+    assert (customer.external_id, customer.name) == ("hooli", "Hooli 2")
+    assert AuditEntry.objects.get(action="customer.update").after["external_id"] == "hooli"
+
+
 def test_support_cannot_open_api_keys_or_release_locks_or_add_plans(
     console_user: Callable[[str], User],
 ) -> None:
