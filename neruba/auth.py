@@ -69,6 +69,8 @@ class HasScope(HasApiKey):
         scopes: dict[str, str] = getattr(view, "required_scopes", {})
         needed = scopes.get(request.method or "", scopes.get("*"))
         if needed is None:
+            if not hasattr(view, (request.method or "").lower()):
+                return True  # no such method: dispatch answers 405 with the Allow header
             raise ScopeDenied("This operation is not available to API keys.")
         if not request.auth.has_scope(needed):  # type: ignore[union-attr]
             raise ScopeDenied(f"The API key lacks the `{needed}` scope.", code="missing_scope")

@@ -175,3 +175,17 @@ def test_keys_are_throttled_independently(
         assert first.get("/api/v1/customers").status_code == 429
         assert [second.get("/api/v1/customers").status_code for _ in range(3)] == [200] * 3
         assert second.get("/api/v1/customers").status_code == 429
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route", api_routes(), ids=lambda r: r.route)
+def test_a_method_the_endpoint_lacks_answers_405_not_a_scope_error(
+    route: Any, make_api_key: Callable[..., tuple[ApiKey, str]]
+) -> None:
+    _, raw = make_api_key(*SCOPES)
+    absent = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m not in route.methods]
+    for method in absent:
+        response = call(client_with(raw), method, route.url)
+        assert_error(response, 405, "method_not_allowed")
+        assert method not in response["Allow"]
+    assert_error(call(APIClient(), "DELETE", route.url), 401, "not_authenticated")
