@@ -1,10 +1,38 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
-from billing.models import Plan, Price, Subscription
-from neruba.admin_actions import AuditedAdminMixin
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from billing import services
+from billing.models import (
+    BillingRun,
+    BillingWindow,
+    CreditEntry,
+    Dispute,
+    DriftFinding,
+    Invoice,
+    InvoiceLine,
+    Plan,
+    Price,
+    ProviderSync,
+    ReasonCode,
+    Refund,
+    Subscription,
+)
+from neruba.admin_actions import (
+    AuditedAdminMixin,
+    GuardedAdminMixin,
+    ReadOnlyAdminMixin,
+    guarded_action,
+)
 from neruba.admin_site import console
+from neruba.errors import NerubaError
 
 
 class PriceInline(admin.TabularInline):
@@ -28,4 +56,289 @@ class SubscriptionAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_select_related = ["customer", "plan"]
     raw_id_fields = ["customer"]
     search_fields = ["customer__external_id", "customer__name"]
+    show_full_result_count = False
+
+
+# --- billing records: read-only, changed only through guarded actions -----------------------
+
+
+def _link(obj: Any, label: str | None = None) -> str:
+    if obj is None:
+        return "-"
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, label or str(obj))
+
+
+def _rerun(obj: Invoice | BillingWindow, actor: Any, reason: str) -> str | None:
+    kwargs: dict[str, Any] = {"invoice": obj} if isinstance(obj, Invoice) else {"window": obj}
+    result = services.invoice_rerun(actor=actor, reason=reason, dry_run=False, **kwargs)
+    return None if result.applied else "skipped"
+
+
+def _rerun_preview(obj: Invoice | BillingWindow) -> str:
+    kwargs: dict[str, Any] = {"invoice": obj} if isinstance(obj, Invoice) else {"window": obj}
+    return services.invoice_rerun(actor=None, reason="", dry_run=True, **kwargs).render()
+
+
+RERUN_EXPLANATION = (
+    "The window is re-priced from the events stored now. An unpaid invoice is voided and a "
+    "superseding invoice issued (its consumed credits are given back first); a paid invoice "
+    "gets a correction credit (over-billed) or a supplementary invoice (under-billed). Nothing "
+    "is edited in place."
+)
+
+rerun_invoices = guarded_action(
+    name="rerun_invoices",
+    label="Rerun billing (void and supersede, or adjust)",
+    permission="billing.rerun_invoice",
+    perform=_rerun,
+    preview=_rerun_preview,
+    eligible=lambda inv: inv.kind == Invoice.Kind.REGULAR and inv.status != Invoice.Status.VOID,
+    explanation=RERUN_EXPLANATION,
+)
+
+rerun_windows = guarded_action(
+    name="rerun_windows",
+    label="Rerun billing for these windows",
+    permission="billing.rerun_invoice",
+    perform=_rerun,
+    preview=_rerun_preview,
+    explanation=RERUN_EXPLANATION,
+)
+
+mark_paid = guarded_action(
+    name="mark_paid",
+    label="Mark paid (payment received outside Stripe)",
+    permission="billing.mark_invoice_paid",
+    perform=lambda inv, actor, reason: (
+        services.invoice_mark_paid(invoice=inv, actor=actor, reason=reason) and None
+    ),
+    preview=lambda inv: f"{inv.number}: {inv.status} -> paid ({inv.total} {inv.currency})",
+    eligible=lambda inv: inv.status in services.UNPAID,
+    explanation="Records a payment received outside the payment provider.",
+)
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = ["metric", "description", "quantity", "unit_amount", "amount"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class CreditAppliedInline(admin.TabularInline):
+    model = CreditEntry
+    fk_name = "invoice"
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "credit entries (applied, given back, corrections)"
+    fields = ["kind", "amount", "currency", "reason_code", "note", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Invoice, site=console)
+class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "number",
+        "customer",
+        "status",
+        "kind",
+        "period_start",
+        "period_end",
+        "total",
+        "currency",
+        "issued_at",
+    ]
+    list_filter = ["status", "kind", "currency", "provider"]
+    list_select_related = ["customer"]
+    raw_id_fields = ["customer", "subscription", "window", "run", "supersedes"]
+    search_fields = ["=number", "customer__external_id", "=provider_invoice_id"]
+    show_full_result_count = False
+    inlines = [InvoiceLineInline, CreditAppliedInline]
+    readonly_fields = [
+        "number",
+        "customer",
+        "kind",
+        "status",
+        "currency",
+        "period_start",
+        "period_end",
+        "subtotal",
+        "credits_applied",
+        "total",
+        "window_link",
+        "run_link",
+        "supersedes_link",
+        "superseded_by_link",
+        "issued_at",
+        "paid_at",
+        "voided_at",
+        "provider",
+        "provider_invoice_id",
+        "provider_synced_at",
+    ]
+    fields = readonly_fields
+    actions = [rerun_invoices, mark_paid]
+    object_actions = ["rerun_invoices", "mark_paid"]
+
+    @admin.display(description="window")
+    def window_link(self, obj: Invoice) -> str:
+        return _link(obj.window)
+
+    @admin.display(description="run")
+    def run_link(self, obj: Invoice) -> str:
+        return _link(obj.run)
+
+    @admin.display(description="supersedes")
+    def supersedes_link(self, obj: Invoice) -> str:
+        return _link(obj.supersedes)
+
+    @admin.display(description="superseded by")
+    def superseded_by_link(self, obj: Invoice) -> str:
+        return _link(getattr(obj, "superseded_by", None))
+
+
+@admin.register(BillingWindow, site=console)
+class BillingWindowAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "subscription", "period_start", "period_end", "status", "billed_at"]
+    list_filter = ["status", "subscription__plan__interval"]
+    list_select_related = ["subscription__customer", "subscription__plan"]
+    raw_id_fields = ["subscription", "claimed_by_run"]
+    search_fields = ["subscription__customer__external_id"]
+    show_full_result_count = False
+    actions = [rerun_windows]
+    object_actions = ["rerun_windows"]
+
+
+@admin.register(BillingRun, site=console)
+class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "id",
+        "trigger",
+        "status",
+        "started_at",
+        "finished_at",
+        "scanned",
+        "invoiced",
+        "already_invoiced",
+        "failed",
+        "dry_run",
+    ]
+    list_filter = ["status", "trigger", "dry_run"]
+    list_select_related = ["actor"]
+    raw_id_fields = ["actor"]
+    show_full_result_count = False
+
+
+class CreditIssueForm(forms.ModelForm):
+    """Issuing a credit: the only way a finance user adds a ledger entry."""
+
+    amount = forms.IntegerField(min_value=1, help_text="Minor units (cents).")
+    currency = forms.RegexField(
+        r"^[A-Za-z]{3}$", required=False, help_text="Default: the customer's currency."
+    )
+    reason_code = forms.ChoiceField(choices=ReasonCode.choices)
+    note = forms.CharField(label="Reason", widget=forms.Textarea, help_text="Required; audited.")
+
+    class Meta:
+        model = CreditEntry
+        fields = ["customer", "amount", "currency", "reason_code", "note"]
+
+
+@admin.register(CreditEntry, site=console)
+class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "id",
+        "customer",
+        "kind",
+        "amount",
+        "currency",
+        "reason_code",
+        "invoice",
+        "created_at",
+    ]
+    list_filter = ["kind", "reason_code", "currency"]
+    list_select_related = ["customer", "invoice"]
+    raw_id_fields = ["customer", "invoice", "reverses", "actor"]
+    search_fields = ["customer__external_id", "=source_key"]
+    show_full_result_count = False
+    form = CreditIssueForm
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("billing.issue_credit")
+
+    def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
+        if obj is None:
+            return CreditIssueForm
+        return super().get_form(request, obj, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: CreditEntry, form: Any, change: bool) -> None:
+        if change:
+            raise PermissionDenied("Credit entries are append-only.")
+        data = form.cleaned_data
+        try:
+            entry = services.credit_issue(
+                customer=data["customer"],
+                amount=data["amount"],
+                currency=data.get("currency") or None,
+                reason_code=data["reason_code"],
+                actor=request.user,
+                reason=data["note"],
+            )
+        except NerubaError as exc:
+            raise PermissionDenied(exc.message) from exc
+        obj.pk = entry.pk
+        obj.__dict__.update({k: v for k, v in entry.__dict__.items() if not k.startswith("_")})
+
+
+@admin.register(ProviderSync, site=console)
+class ProviderSyncAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "invoice", "action", "status", "attempts", "next_attempt_at", "sent_at"]
+    list_filter = ["status", "action"]
+    list_select_related = ["invoice"]
+    raw_id_fields = ["invoice"]
+    search_fields = ["=invoice__number"]
+    show_full_result_count = False
+
+
+@admin.register(Refund, site=console)
+class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["stripe_refund_id", "invoice", "customer", "amount", "currency", "status"]
+    list_filter = ["status", "currency"]
+    list_select_related = ["invoice", "customer"]
+    raw_id_fields = ["invoice", "customer"]
+    search_fields = ["=stripe_refund_id", "=charge_id"]
+    show_full_result_count = False
+
+
+@admin.register(Dispute, site=console)
+class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["stripe_dispute_id", "invoice", "customer", "amount", "currency", "status"]
+    list_filter = ["status", "currency"]
+    list_select_related = ["invoice", "customer"]
+    raw_id_fields = ["invoice", "customer"]
+    search_fields = ["=stripe_dispute_id", "=charge_id"]
+    show_full_result_count = False
+
+
+@admin.register(DriftFinding, site=console)
+class DriftFindingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "kind", "window", "metric", "delta_amount", "status", "created_at"]
+    list_filter = ["status", "kind"]
+    list_select_related = ["window", "metric"]
+    raw_id_fields = ["window", "metric", "invoice", "resolved_by"]
     show_full_result_count = False
