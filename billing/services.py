@@ -188,6 +188,11 @@ def _grace() -> timedelta:
     return timedelta(seconds=settings.NERUBA["NERUBA_BILLING_GRACE"])
 
 
+def billing_cutoff(*, as_of: datetime | None = None) -> datetime:
+    """Windows ending at or before this are due: ``as_of`` (default now) minus the grace."""
+    return (as_of or timezone.now()) - _grace()
+
+
 def windows_generate(*, through: datetime) -> int:
     """Creates the closed windows (``period_end <= through``) of every subscription that are not
     rows yet. Idempotent: the unique (subscription, period_start) drops concurrent duplicates."""
@@ -530,7 +535,7 @@ def billing_scan(
     live regular invoices per window turns the second write into ``already_invoiced``.
     A dry run takes no lock and writes nothing but its run row (and window rows)."""
     as_of = as_of or timezone.now()
-    cutoff = as_of - _grace()
+    cutoff = billing_cutoff(as_of=as_of)
     clock = time.monotonic()
     holder = default_holder()
     user = actor if getattr(actor, "is_authenticated", False) else None

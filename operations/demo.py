@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import services as billing_services
+from billing.demo import seed_invoices
 from billing.models import Plan, Subscription
 from ingest import services as ingest_services
 from ingest.models import Metric
@@ -150,4 +151,6 @@ def seed_all() -> dict[str, int]:
     with transaction.atomic():
         counts = seed_catalog()
     counts.update(seed_webhooks())
+    # Billing runs last: it invoices the past windows of the events seeded above.
+    counts.update(seed_invoices())
     return counts
