@@ -69,7 +69,8 @@ def parse_str(raw: str) -> str:
 
 def parse_url(raw: str) -> str:
     value = raw.strip()
-    if value and not urlsplit(value).scheme:
+    # "host:6379" parses with the scheme "host"; every URL we take has "scheme://".
+    if value and ("://" not in value or not urlsplit(value).scheme):
         raise ConfigValueError(f"expected a URL with a scheme, got {value!r}")
     return value
 
@@ -371,7 +372,11 @@ def load(environ: Mapping[str, str]) -> Config:
             if var.choices and value not in var.choices:
                 raise ConfigValueError(f"must be one of {', '.join(var.choices)}, got {value!r}")
         except ConfigValueError as exc:
-            problems.append(Problem("fatal", var.name, str(exc)))
+            message = str(exc)
+            if var.secret:
+                # A malformed secret is still a secret: name the problem, never the value.
+                message = message.split(", got ")[0] + " (value not shown: secret)"
+            problems.append(Problem("fatal", var.name, message))
             value = PARSERS[var.kind](var.default_for(env)) if var.name != "NERUBA_ENV" else env
             source = "default"
         if var.name == "NERUBA_ENV":

@@ -119,6 +119,8 @@ def test_stripe_key_without_webhook_secrets_is_fatal(env: str) -> None:
         ("NERUBA_API_THROTTLE", "fast", "rate"),
         ("NERUBA_API_DOCS", "everyone", "must be one of"),
         ("REDIS_URL", "redis.internal/0", "scheme"),
+        ("REDIS_URL", "redis-host:6379", "scheme"),
+        ("DATABASE_URL", "localhost:5432/neruba", "scheme"),
     ],
 )
 def test_a_malformed_value_is_reported_as_fatal_and_the_default_is_kept(
@@ -128,6 +130,20 @@ def test_a_malformed_value_is_reported_as_fatal_and_the_default_is_kept(
     messages = [p.message for p in report.fatal if p.name == name]
     assert len(messages) == 1 and expected in messages[0]
     assert report[name] == config.PARSERS[BY_NAME[name].kind](BY_NAME[name].default)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("DATABASE_URL", "neruba:pa55w0rd@db.internal/neruba"),
+        ("REDIS_URL", ":pa55w0rd@redis.internal:6379/0"),
+    ],
+)
+def test_a_malformed_secret_is_reported_without_its_value(name: str, raw: str) -> None:
+    report = load({**PRODUCTION, name: raw})
+    messages = [p.render() for p in report.fatal if p.name == name]
+    assert messages, report.problems
+    assert not any("pa55w0rd" in m for m in messages)
 
 
 def test_durations_are_parsed_to_seconds() -> None:
