@@ -67,7 +67,8 @@ class HasScope(HasApiKey):
     def has_permission(self, request: Request, view: APIView) -> bool:
         super().has_permission(request, view)
         scopes: dict[str, str] = getattr(view, "required_scopes", {})
-        needed = scopes.get(request.method or "", scopes.get("*"))
+        method = "GET" if request.method == "HEAD" else request.method or ""
+        needed = scopes.get(method, scopes.get("*"))
         if needed is None:
             if not hasattr(view, (request.method or "").lower()):
                 return True  # no such method: dispatch answers 405 with the Allow header

@@ -189,3 +189,11 @@ def test_a_method_the_endpoint_lacks_answers_405_not_a_scope_error(
         assert_error(response, 405, "method_not_allowed")
         assert method not in response["Allow"]
     assert_error(call(APIClient(), "DELETE", route.url), 401, "not_authenticated")
+
+
+@pytest.mark.django_db
+def test_head_needs_the_same_scope_as_get(make_api_key: Callable[..., tuple[ApiKey, str]]) -> None:
+    _, read = make_api_key("read")
+    _, write = make_api_key("write")
+    assert client_with(read).head("/api/v1/customers").status_code == 200
+    assert client_with(write).head("/api/v1/customers").status_code == 403
