@@ -6,12 +6,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from ingest.exceptions import MetricExists, RejectionNotReplayable
 from ingest.models import (
@@ -92,11 +93,22 @@ _COLUMNS = (
     "properties",
     "payload_hash",
     "received_at",
-    "batch_id",
     "source",
     "late",
     "rejection_id",
     "duplicate_count",
+    "batch_id",  # last: filled in by SQL, see _insert_batch_and_events
+)
+_BATCH_COLUMNS = (
+    "received_at",
+    "api_key_id",
+    "api_key_prefix",
+    "source",
+    "request_id",
+    "size",
+    "bytes",
+    *Outcome.values,
+    "duration_ms",
 )
 # Rows per INSERT statement: well under SQLite's 32,766 and PostgreSQL's 65,535 parameters.
 _CHUNK = 1000
@@ -140,30 +152,54 @@ def _result(item: Item, outcome: str, event_id: int | None, error: Any = None) -
     return result
 
 
-def _insert_events(rows: list[tuple[Any, ...]]) -> dict[str, int]:
-    """``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING`` in one statement per
-    chunk: claiming the key and storing the event are the same write, so a failed transaction
-    leaves no key behind. Returns the ids of the keys this call stored.
+def _insert_batch_and_events(
+    batch_values: Sequence[Any], rows: list[tuple[Any, ...]]
+) -> tuple[int, dict[str, int]]:
+    """Writes the batch row and ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING``
+    the events: claiming a key and storing its event are the same write, so a failed
+    transaction leaves no key behind. Returns the batch id and the ids of the keys stored.
 
-    Rows arrive sorted by key: two concurrent batches with overlapping keys then wait on each
+    On PostgreSQL a batch that fits one statement goes out as one data-modifying CTE (batch row
+    and events together), which saves a round trip per request; single events are round-trip
+    bound. Rows arrive sorted by key: two concurrent batches with overlapping keys wait on each
     other's keys in the same order and cannot deadlock."""
-    if not rows:
-        return {}
     postgres = connection.vendor == "postgresql"
-    one = "(" + ",".join(["%s::jsonb" if c == "properties" else "%s" for c in _COLUMNS]) + ")"
-    if not postgres:
-        one = one.replace("::jsonb", "")
+    marks = ["%s::jsonb" if c == "properties" and postgres else "%s" for c in _COLUMNS[:-1]]
     # Table and column names are ours, never input; only values travel as parameters.
+    batch_sql = (
+        f"INSERT INTO {IngestBatch._meta.db_table} ({','.join(_BATCH_COLUMNS)}) "  # noqa: S608
+        f"VALUES ({','.join(['%s'] * len(_BATCH_COLUMNS))})"
+    )
     head = f"INSERT INTO {UsageEvent._meta.db_table} ({','.join(_COLUMNS)}) VALUES "  # noqa: S608
     tail = " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
     stored: dict[str, int] = {}
     with connection.cursor() as cursor:
+        if postgres and 0 < len(rows) <= _CHUNK:
+            one = "(" + ",".join(marks) + ",(SELECT id FROM b))"  # noqa: S608
+            values = ",".join([one] * len(rows))
+            sql = (
+                f"WITH b AS ({batch_sql} RETURNING id), ins AS ({head}{values}{tail}) "  # noqa: S608
+                "SELECT id, idempotency_key FROM ins UNION ALL SELECT id, NULL FROM b"
+            )
+            cursor.execute(sql, [*batch_values, *(value for row in rows for value in row)])
+            batch_id = 0
+            for pk, key in cursor.fetchall():
+                if key is None:
+                    batch_id = pk
+                else:
+                    stored[key] = pk
+            return batch_id, stored
+        cursor.execute(batch_sql + " RETURNING id", list(batch_values))
+        batch_id = int(cursor.fetchone()[0])
+        one = "(" + ",".join(marks) + f",{batch_id})"
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            params = [value for row in chunk for value in row]
-            cursor.execute(head + ",".join([one] * len(chunk)) + tail, params)
+            cursor.execute(
+                head + ",".join([one] * len(chunk)) + tail,
+                [value for row in chunk for value in row],
+            )
             stored.update((key, pk) for pk, key in cursor.fetchall())
-    return stored
+    return batch_id, stored
 
 
 def _count_duplicates(hits: Counter[int], now: datetime) -> None:
@@ -243,18 +279,26 @@ def events_ingest(
     counts = dict.fromkeys(Outcome.values, 0)
     results: list[dict[str, Any]] = []
     rejections: list[IngestRejection] = []
+    # When every item is a candidate the batch row is written with its final counts unless
+    # some key turns out to be taken; then the counts are corrected below.
+    predicted = dict(counts)
+    if len(candidates) == len(items):
+        predicted[stored_outcome] = len(items)
+    batch_values = [
+        connection.ops.adapt_datetimefield_value(now),
+        api_key.pk if api_key is not None else None,
+        prefix,
+        source,
+        request_id[:64],
+        len(items),
+        body_bytes,
+        *predicted.values(),
+        (time.perf_counter() - started) * 1000,
+    ]
     with transaction.atomic():
-        batch = IngestBatch.objects.create(
-            received_at=now,
-            api_key=api_key,
-            api_key_prefix=prefix,
-            source=source,
-            request_id=request_id[:64],
-            size=len(items),
-            bytes=body_bytes,
-        )
-        rows = [(*row[:9], batch.pk, *row[10:]) for _, (_, row) in sorted(candidates.items())]
-        inserted = _insert_events(rows)
+        rows = [row for _, (_, row) in sorted(candidates.items())]
+        batch_id, inserted = _insert_batch_and_events(batch_values, rows)
+        batch = IngestBatch(pk=batch_id, received_at=now)
 
         # Every other hashed item with a key meets the row that holds its key: ours from this
         # batch, or one stored earlier (by another request, possibly a moment ago).
@@ -331,11 +375,54 @@ def events_ingest(
             rejections = []  # the replayed rejection is updated by rejection_replay instead
         elif rejections:
             IngestRejection.objects.bulk_create(rejections)
-        duration_ms = (time.perf_counter() - started) * 1000
-        IngestBatch.objects.filter(pk=batch.pk).update(duration_ms=duration_ms, **counts)
+        if counts != predicted:
+            duration_ms = (time.perf_counter() - started) * 1000
+            IngestBatch.objects.filter(pk=batch_id).update(duration_ms=duration_ms, **counts)
 
     _observe(len(items), counts, results, time.perf_counter() - started)
-    return IngestResult(batch_id=batch.pk, counts=counts, results=results)
+    return IngestResult(batch_id=batch_id, counts=counts, results=results)
+
+
+def _marks(n: int) -> str:
+    return ",".join(["%s"] * n)
+
+
+def _lookup(
+    customer_refs: set[str], metric_refs: set[str]
+) -> tuple[dict[str, tuple[int, datetime | None]], dict[str, tuple[int, str, str]]]:
+    """Customers (with their invoiced watermark) and metrics for a batch, in one statement:
+    single events are bound by round trips to the database."""
+    customers: dict[str, tuple[int, datetime | None]] = {}
+    metrics: dict[str, tuple[int, str, str]] = {}
+    parts, params = [], []
+    if customer_refs:
+        parts.append(
+            "SELECT 'c', c.external_id, c.id, w.invoiced_through, NULL, NULL "  # noqa: S608
+            f"FROM {Customer._meta.db_table} c LEFT JOIN {InvoicedWatermark._meta.db_table} w "
+            f"ON w.customer_id = c.id WHERE c.external_id IN ({_marks(len(customer_refs))})"
+        )
+        params.extend(customer_refs)
+    if metric_refs:
+        parts.append(
+            "SELECT 'm', m.code, m.id, NULL, m.aggregation, m.field "  # noqa: S608
+            f"FROM {Metric._meta.db_table} m WHERE m.code IN ({_marks(len(metric_refs))})"
+        )
+        params.extend(metric_refs)
+    if not parts:
+        return customers, metrics
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        rows = cursor.fetchall()
+    for kind, ref, pk, through, aggregation, field in rows:
+        if kind == "c":
+            if isinstance(through, str):  # SQLite hands raw SQL datetimes back as text
+                through = parse_datetime(through)
+                if through is not None and timezone.is_naive(through):
+                    through = timezone.make_aware(through, UTC)
+            customers[ref] = (pk, through)
+        else:
+            metrics[ref] = (pk, aggregation, field)
+    return customers, metrics
 
 
 def _prepare(
@@ -348,28 +435,14 @@ def _prepare(
 ) -> dict[str, tuple[Item, tuple[Any, ...]]]:
     """The checks that need the database, with one lookup each for customers (with their
     invoiced watermark) and metrics. Marks failing items and returns, per key, the first valid
-    item and its row (in ``_COLUMNS`` order, batch id still unset)."""
+    item and its row (in ``_COLUMNS`` order, without the batch id)."""
     limits = Limits.from_settings()
     oldest, newest = window_now - limits.max_age, window_now + limits.max_skew
 
-    customer_refs = {it.customer for it in items if it.error is None}
-    metric_refs = {it.metric for it in items if it.error is None}
-    customers: dict[str, tuple[int, datetime | None]] = {}
-    if customer_refs:
-        customers = {
-            ext: (pk, through)
-            for ext, pk, through in Customer.objects.filter(
-                external_id__in=customer_refs
-            ).values_list("external_id", "id", "invoiced_watermark__invoiced_through")
-        }
-    metrics: dict[str, tuple[int, str, str]] = {}
-    if metric_refs:
-        metrics = {
-            code: (pk, aggregation, field)
-            for code, pk, aggregation, field in Metric.objects.filter(
-                code__in=metric_refs
-            ).values_list("code", "id", "aggregation", "field")
-        }
+    customers, metrics = _lookup(
+        {it.customer for it in items if it.error is None},
+        {it.metric for it in items if it.error is None},
+    )
 
     # Semantic checks; the first valid item per key is the one offered for insert.
     adapt_dt = connection.ops.adapt_datetimefield_value
@@ -430,7 +503,6 @@ def _prepare(
                 item.props_json,
                 item.payload_hash,
                 received,
-                None,  # batch id, set below
                 source,
                 through is not None and timestamp < through,
                 replay_of.pk if replay_of is not None else None,

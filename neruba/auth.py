@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 from rest_framework import exceptions
@@ -22,6 +25,33 @@ if TYPE_CHECKING:
 
 KEYWORD = "Api-Key"
 
+# Verified keys are remembered in-process for a few seconds: single-event ingest is bound by
+# database round trips, and the key lookup was one of them. The price is that a revoked key
+# keeps working on each worker for at most this long. Off in tests, where revocation is
+# asserted immediately.
+API_KEY_CACHE_SECONDS = 0.0 if getattr(settings, "TESTING", False) else 5.0
+_API_KEY_CACHE_MAX = 1024
+_verified: dict[bytes, tuple[float, ApiKey]] = {}
+_verified_lock = threading.Lock()
+
+
+def _verified_key(key: str) -> ApiKey:
+    """``ApiKey.objects.get_from_key`` behind the short in-process cache. Entries are keyed by
+    a digest of the presented key, so the cache never holds a secret."""
+    if API_KEY_CACHE_SECONDS <= 0:
+        return ApiKey.objects.get_from_key(key)
+    digest = hashlib.sha256(key.encode()).digest()
+    now = time.monotonic()
+    hit = _verified.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    api_key = ApiKey.objects.get_from_key(key)
+    with _verified_lock:
+        if len(_verified) >= _API_KEY_CACHE_MAX:
+            _verified.clear()
+        _verified[digest] = (now + API_KEY_CACHE_SECONDS, api_key)
+    return api_key
+
 
 class ApiKeyAuthentication(BaseAuthentication):
     """``Authorization: Api-Key <prefix>.<secret>``. The key is verified against its SHA-512
@@ -36,7 +66,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Use the header `Authorization: Api-Key <key>`.")
         key = key.strip()
         try:
-            api_key = ApiKey.objects.get_from_key(key)
+            api_key = _verified_key(key)
         except ApiKey.DoesNotExist:
             raise exceptions.AuthenticationFailed("The API key is not valid.") from None
         if api_key.has_expired:

@@ -1,0 +1,607 @@
+"""``manage.py benchmark ingest``: batch, single-event and duplicate ingest through the whole
+HTTP stack (a real gunicorn server with auth, throttling, validation, dedupe and outcome
+logging) against a raw psycopg ``INSERT … ON CONFLICT DO NOTHING`` of the same rows, in one
+run on the configured PostgreSQL database.
+
+Steps: (1) make benchmark customers, metrics and an ingest API key; (2) build the events;
+(3) raw insert into a scratch copy of the table (same indexes and foreign keys); (4) start
+gunicorn on a free loopback port; (5) batches of ``--batch-size`` from ``--clients`` keep-alive
+client processes; (6) the same batches again (100 % duplicates); (7) single events with
+``wrk`` (or a Python client when wrk is not installed); (8) stop the server and delete
+everything the run created.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection, connections
+
+from ingest.models import IngestBatch, IngestRejection, Metric, UsageEvent
+from ingest.validation import canonical_hash, properties_json
+from neruba import services as kernel_services
+from neruba.models import ApiKey, Customer
+
+SCRATCH = "ingest_bench_scratch"
+TARGET_BATCH_RATIO = 0.6
+TARGET_SINGLE_RPS = 1000
+TARGET_SINGLE_P99_MS = 25.0
+_fork = mp.get_context("fork")
+
+
+def add_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--events", type=int, default=40_000, help="Events per phase.")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=2, help="Client processes for batches.")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes.")
+    parser.add_argument("--threads", type=int, default=4, help="Threads per gunicorn worker.")
+    parser.add_argument("--single-seconds", type=int, default=10)
+    parser.add_argument("--single-connections", type=int, default=12)
+    parser.add_argument("--customers", type=int, default=20)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _dsn() -> dict[str, Any]:
+    db = settings.DATABASES["default"]
+    params = {"dbname": db["NAME"], "user": db.get("USER") or None, "host": db.get("HOST")}
+    if db.get("PORT"):
+        params["port"] = db["PORT"]
+    if db.get("PASSWORD"):
+        params["password"] = db["PASSWORD"]
+    return {k: v for k, v in params.items() if v}
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+def _run_clients(target: Any, shares: list[Any]) -> tuple[float, list[Any]]:
+    """Runs ``target(share, queue)`` in one process per share; all start together. Returns the
+    wall time from the start signal to the last finish, and each process's result."""
+    connections.close_all()
+    go = _fork.Event()
+    queue = _fork.Queue()
+    procs = [_fork.Process(target=target, args=(share, go, queue)) for share in shares]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.2)  # let every client connect before the clock starts
+    started = time.perf_counter()
+    go.set()
+    results = [queue.get(timeout=600) for _ in procs]
+    elapsed = time.perf_counter() - started
+    for proc in procs:
+        proc.join(timeout=60)
+    return elapsed, results
+
+
+# --- (a) raw insert --------------------------------------------------------------------------
+
+_RAW_COLUMNS = (
+    "idempotency_key",
+    "customer_id",
+    "metric_id",
+    "timestamp",
+    "value",
+    "distinct_value",
+    "properties",
+    "payload_hash",
+    "received_at",
+    "batch_id",
+    "source",
+    "late",
+    "duplicate_count",
+)
+
+
+def _raw_client(batches: list[list[tuple[Any, ...]]], go: Any, queue: Any) -> None:
+    import psycopg
+
+    latencies = []
+    with psycopg.connect(**_dsn()) as conn:
+        one = "(" + ",".join("%s::jsonb" if c == "properties" else "%s" for c in _RAW_COLUMNS)
+        one += ")"
+        head = f"INSERT INTO {SCRATCH} ({','.join(_RAW_COLUMNS)}) VALUES "  # noqa: S608
+        tail = " ON CONFLICT (idempotency_key) DO NOTHING"
+        go.wait()
+        for rows in batches:
+            t0 = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.execute(
+                    head + ",".join([one] * len(rows)) + tail,  # type: ignore[arg-type]
+                    [v for row in rows for v in row],
+                )
+            conn.commit()
+            latencies.append(time.perf_counter() - t0)
+    queue.put(latencies)
+
+
+def _raw_phase(batches: list[list[tuple[Any, ...]]], clients: int) -> tuple[float, list[float]]:
+    table = UsageEvent._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {SCRATCH}")
+        # A copy with the same indexes, defaults and foreign keys: only the stack differs.
+        cursor.execute(f"CREATE TABLE {SCRATCH} (LIKE {table} INCLUDING ALL)")
+        cursor.execute(
+            f"ALTER TABLE {SCRATCH} ADD FOREIGN KEY (customer_id) REFERENCES "
+            f"{Customer._meta.db_table} (id) DEFERRABLE INITIALLY DEFERRED, "
+            f"ADD FOREIGN KEY (metric_id) REFERENCES {Metric._meta.db_table} (id) "
+            "DEFERRABLE INITIALLY DEFERRED"
+        )
+    elapsed, results = _run_clients(_raw_client, _split(batches, clients))
+    return elapsed, [x for r in results for x in r]
+
+
+# --- (b)/(d) batches over HTTP -----------------------------------------------------------------
+
+
+def _http_client(share: tuple[int, str, list[bytes]], go: Any, queue: Any) -> None:
+    port, auth, bodies = share
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    latencies: list[float] = []
+    outcomes: dict[str, int] = {}
+    statuses: dict[int, int] = {}
+    conn.connect()
+    go.wait()
+    for body in bodies:
+        t0 = time.perf_counter()
+        conn.request("POST", "/api/v1/events", body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        latencies.append(time.perf_counter() - t0)
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+        if response.status == 200:
+            for outcome, n in json.loads(data)["counts"].items():
+                outcomes[outcome] = outcomes.get(outcome, 0) + n
+    conn.close()
+    queue.put((latencies, outcomes, statuses))
+
+
+def _http_phase(
+    port: int, auth: str, bodies: list[bytes], clients: int
+) -> tuple[float, list[float], dict[str, int], dict[int, int]]:
+    shares = [(port, auth, part) for part in _split(bodies, clients)]
+    elapsed, results = _run_clients(_http_client, shares)
+    outcomes: dict[str, int] = {}
+    statuses: dict[int, int] = {}
+    for _, out, st in results:
+        for k, v in out.items():
+            outcomes[k] = outcomes.get(k, 0) + v
+        for k, v in st.items():
+            statuses[k] = statuses.get(k, 0) + v
+    return elapsed, [x for r in results for x in r[0]], outcomes, statuses
+
+
+# --- (c) single events -----------------------------------------------------------------------
+
+_WRK_SCRIPT = """
+local counter = 0
+local threads = 0
+setup = function(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+request = function()
+  counter = counter + 1
+  local body = string.format(
+    '{"idempotency_key":"%s-%d-%d","customer":"%s-%d","metric":"%s",' ..
+    '"timestamp":"%s","properties":{"n":%d}}',
+    "PREFIX", tid, counter, "CUSTOMER", counter % CUSTOMERS, "METRIC", "STAMP", counter)
+  return wrk.format("POST", "/api/v1/events",
+    {["Authorization"] = "AUTH", ["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def _single_wrk(
+    port: int,
+    auth: str,
+    seconds: int,
+    conns: int,
+    prefix: str,
+    customer: str,
+    n: int,
+    metric: str,
+    stamp: str,
+) -> dict[str, Any]:
+    script = (
+        _WRK_SCRIPT.replace("PREFIX", prefix)
+        .replace("CUSTOMERS", str(n))
+        .replace("CUSTOMER", customer)
+        .replace("METRIC", metric)
+        .replace("STAMP", stamp)
+        .replace("AUTH", auth)
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(script)
+    try:
+        out = subprocess.run(  # noqa: S603 - fixed arguments, loopback only
+            [
+                shutil.which("wrk") or "wrk",
+                "-t2",
+                f"-c{conns}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                fh.name,
+                f"http://127.0.0.1:{port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=False,
+        ).stdout
+    finally:
+        os.unlink(fh.name)
+    result: dict[str, Any] = {"tool": "wrk", "errors": 0, "raw": out}
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(parts[1])
+        elif len(parts) == 2 and parts[0] in ("50%", "99%"):
+            value = parts[1]
+            for unit in ("us", "ms", "s"):
+                if value.endswith(unit):
+                    ms = float(value[: -len(unit)]) * units[unit]
+                    result["p50" if parts[0] == "50%" else "p99"] = ms
+                    break
+        elif "Non-2xx" in line:
+            result["errors"] += int(parts[-1])
+        elif line.strip().startswith("Socket errors"):
+            result["errors"] += sum(
+                int(x.strip(",")) for x in parts[3::2] if x.strip(",").isdigit()
+            )
+        elif "requests in" in line:
+            result["requests"] = int(parts[0])
+    return result
+
+
+def _single_py_client(share: tuple[int, str, list[bytes], float], go: Any, queue: Any) -> None:
+    port, auth, bodies, seconds = share
+    import threading
+
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    parts = _split(bodies, 4)
+    deadline = [0.0]
+
+    def worker(mine: list[bytes]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Authorization": auth, "Content-Type": "application/json"}
+        local = []
+        bad = 0
+        for body in mine:
+            if time.perf_counter() > deadline[0]:
+                break
+            t0 = time.perf_counter()
+            conn.request("POST", "/api/v1/events", body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            local.append(time.perf_counter() - t0)
+            bad += response.status != 201
+        with lock:
+            latencies.extend(local)
+            errors[0] += bad
+
+    go.wait()
+    deadline[0] = time.perf_counter() + seconds
+    threads = [threading.Thread(target=worker, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    queue.put((latencies, errors[0]))
+
+
+def _single_python(
+    port: int, auth: str, seconds: int, conns: int, bodies: list[bytes]
+) -> dict[str, Any]:
+    procs = max(1, conns // 4)
+    shares = [(port, auth, part, float(seconds)) for part in _split(bodies, procs)]
+    elapsed, results = _run_clients(_single_py_client, shares)
+    latencies = [x for r in results for x in r[0]]
+    return {
+        "tool": "python",
+        "rps": len(latencies) / elapsed,
+        "p50": _pct(latencies, 0.5) * 1000,
+        "p99": _pct(latencies, 0.99) * 1000,
+        "errors": sum(r[1] for r in results),
+        "requests": len(latencies),
+    }
+
+
+# --- server ----------------------------------------------------------------------------------
+
+
+def _start_server(port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "LOG_LEVEL": "WARNING",
+        "NERUBA_SSL_REDIRECT": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    proc = subprocess.Popen(  # noqa: S603 - our own executable and fixed arguments
+        [
+            str(gunicorn),
+            "neruba.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(threads),
+            "--keep-alive",
+            "30",
+            "--backlog",
+            "2048",
+            "--log-level",
+            "warning",
+        ],
+        cwd=settings.BASE_DIR,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return proc
+        except OSError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            break
+    _stop_server(proc)
+    raise RuntimeError("gunicorn did not start (see its output above)")
+
+
+def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def run(command: BaseCommand, **options: Any) -> bool:
+    out = command.stdout
+    if connection.vendor != "postgresql":
+        out.write("benchmark ingest needs PostgreSQL: set DATABASE_URL=postgres://…")
+        return False
+    n_events, size, clients = options["events"], options["batch_size"], options["clients"]
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench-{run_id}"
+    now = datetime.now(UTC)
+    stamp = (now - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+
+    # 1. Customers, metrics, key.
+    customers = [
+        Customer.objects.create(external_id=f"{prefix}-c-{i}", name=f"Bench {i}")
+        for i in range(options["customers"])
+    ]
+    calls = Metric.objects.create(code=f"{prefix}-calls", name="Bench calls", aggregation="count")
+    seconds = Metric.objects.create(
+        code=f"{prefix}-seconds", name="Bench seconds", aggregation="sum", field="seconds"
+    )
+    api_key, raw_key = kernel_services.api_key_create(
+        name=f"benchmark {run_id}", scopes=["ingest"], actor=None
+    )
+    auth = f"Api-Key {raw_key}"
+    server = None
+    ok = True
+    try:
+        # 2. The events, as dicts for HTTP and as rows for the raw insert.
+        events = []
+        raw_rows = []
+        for i in range(n_events):
+            customer = customers[i % len(customers)]
+            metric = seconds if i % 2 else calls
+            ts = now - timedelta(seconds=i % 3600)
+            props = {"seconds": (i % 97) + 0.5, "region": "eu-west-1", "host": f"h{i % 13}"}
+            key = f"{prefix}-{i}"
+            events.append(
+                {
+                    "idempotency_key": key,
+                    "customer": customer.external_id,
+                    "metric": metric.code,
+                    "timestamp": ts.isoformat(),
+                    "properties": props,
+                }
+            )
+            pj = properties_json(props)
+            raw_rows.append(
+                (
+                    key,
+                    customer.pk,
+                    metric.pk,
+                    ts,
+                    Decimal(repr(props["seconds"])) if metric is seconds else Decimal(1),
+                    "",
+                    pj,
+                    canonical_hash(customer.external_id, metric.code, ts, pj),
+                    now,
+                    None,
+                    "api",
+                    False,
+                    0,
+                )
+            )
+        bodies = [
+            json.dumps({"events": events[i : i + size]}).encode() for i in range(0, n_events, size)
+        ]
+        raw_batches = [raw_rows[i : i + size] for i in range(0, n_events, size)]
+
+        # 3. Raw baseline.
+        out.write(f"(a) raw psycopg INSERT … ON CONFLICT DO NOTHING, {clients} connections …")
+        raw_s, raw_lat = _raw_phase(raw_batches, clients)
+        raw_rate = n_events / raw_s
+
+        # 4. The server.
+        port = _free_port()
+        server = _start_server(port, options["workers"], options["threads"])
+
+        # A warm-up batch per worker (imports, connections), not timed, then deleted.
+        warm = [
+            json.dumps(
+                {
+                    "events": [
+                        dict(e, idempotency_key=f"{prefix}-warm-{w}-{j}")
+                        for j, e in enumerate(events[:size])
+                    ]
+                }
+            ).encode()
+            for w in range(options["workers"] * 2)
+        ]
+        _http_phase(port, auth, warm, clients)
+
+        # 5. Batches.
+        out.write(f"(b) batches of {size} through HTTP, {clients} keep-alive clients …")
+        batch_s, batch_lat, batch_out, batch_st = _http_phase(port, auth, bodies, clients)
+        batch_rate = n_events / batch_s
+
+        # 6. Duplicates.
+        out.write("(d) the same batches again: 100 % duplicates …")
+        dup_s, dup_lat, dup_out, _dup_st = _http_phase(port, auth, bodies, clients)
+        dup_rate = n_events / dup_s
+
+        # 7. Single events.
+        out.write(
+            f"(c) single events for {options['single_seconds']} s, "
+            f"{options['single_connections']} connections …"
+        )
+        if shutil.which("wrk"):
+            single = _single_wrk(
+                port,
+                auth,
+                options["single_seconds"],
+                options["single_connections"],
+                f"{prefix}-s",
+                f"{prefix}-c",
+                len(customers),
+                calls.code,
+                stamp,
+            )
+        else:
+            single_bodies = [
+                json.dumps(
+                    {
+                        "idempotency_key": f"{prefix}-s-{i}",
+                        "customer": customers[i % len(customers)].external_id,
+                        "metric": calls.code,
+                        "timestamp": stamp,
+                        "properties": {"n": i},
+                    }
+                ).encode()
+                for i in range(4000 * options["single_seconds"])
+            ]
+            single = _single_python(
+                port,
+                auth,
+                options["single_seconds"],
+                options["single_connections"],
+                single_bodies,
+            )
+    finally:
+        if server is not None:
+            _stop_server(server)
+        stored = _cleanup(prefix, api_key, customers, [calls, seconds])
+
+    ratio = batch_rate / raw_rate
+    batch_ok = ratio >= TARGET_BATCH_RATIO and batch_st == {200: len(bodies)}
+    batch_ok = batch_ok and batch_out.get("accepted", 0) == n_events
+    single_ok = (
+        single.get("rps", 0) >= TARGET_SINGLE_RPS
+        and single.get("p99", 1e9) <= TARGET_SINGLE_P99_MS
+        and not single.get("errors")
+    )
+    dup_ok = dup_rate >= batch_rate and dup_out.get("duplicate", 0) == n_events
+    ok = batch_ok and single_ok and dup_ok
+
+    def ms(values: list[float], q: float) -> str:
+        return f"{_pct(values, q) * 1000:7.1f}"
+
+    lines = [
+        "",
+        f"ingest benchmark: {n_events} events, batches of {size}, {clients} clients, "
+        f"gunicorn {options['workers']}x{options['threads']} gthread, {os.cpu_count()} cores",
+        f"{'phase':<34}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}",
+        f"{'(a) raw INSERT … ON CONFLICT':<34}{raw_rate:>10.0f}{ms(raw_lat, 0.5):>9}"
+        f"{ms(raw_lat, 0.99):>9}   (per {size}-row statement)",
+        f"{'(b) batch ingest over HTTP':<34}{batch_rate:>10.0f}{ms(batch_lat, 0.5):>9}"
+        f"{ms(batch_lat, 0.99):>9}   (per request) {batch_out}",
+        f"{'(c) single events over HTTP':<34}{single.get('rps', 0):>10.0f}"
+        f"{single.get('p50', 0):>9.1f}{single.get('p99', 0):>9.1f}   "
+        f"({single['tool']}, req/s; {single.get('requests', 0)} requests, "
+        f"{single.get('errors', 0)} errors)",
+        f"{'(d) 100 % duplicates over HTTP':<34}{dup_rate:>10.0f}{ms(dup_lat, 0.5):>9}"
+        f"{ms(dup_lat, 0.99):>9}   (per request) {dup_out}",
+        "",
+        f"batch / raw = {ratio:.2f}  (target >= {TARGET_BATCH_RATIO})  "
+        f"{'MET' if batch_ok else 'MISSED'}",
+        f"single: {single.get('rps', 0):.0f} req/s, p99 {single.get('p99', 0):.1f} ms "
+        f"(target >= {TARGET_SINGLE_RPS} req/s, p99 <= {TARGET_SINGLE_P99_MS:.0f} ms)  "
+        f"{'MET' if single_ok else 'MISSED'}",
+        f"duplicates / accepted = {dup_rate / batch_rate:.2f}  (target >= 1.0)  "
+        f"{'MET' if dup_ok else 'MISSED'}",
+        f"cleaned up {stored} stored events, the scratch table, customers, metrics and the key",
+    ]
+    out.write("\n".join(lines))
+    return ok
+
+
+def _cleanup(prefix: str, api_key: ApiKey, customers: list[Customer], metrics: list[Metric]) -> int:
+    connections.close_all()
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {SCRATCH}")
+    deleted, _ = UsageEvent.objects.filter(customer__in=customers).delete()
+    IngestRejection.objects.filter(batch__api_key=api_key).delete()
+    IngestBatch.objects.filter(api_key=api_key).delete()
+    Customer.objects.filter(pk__in=[c.pk for c in customers]).delete()
+    Metric.objects.filter(pk__in=[m.pk for m in metrics]).delete()
+    ApiKey.objects.filter(pk=api_key.pk).delete()
+    return deleted
