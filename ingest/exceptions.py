@@ -39,3 +39,12 @@ class UnsupportedMediaType(NerubaError):
 class RejectionNotReplayable(Conflict):
     code = "not_replayable"
     message = "This rejection cannot be replayed."
+
+
+class ReplayFailed(NerubaError):
+    """Raised by entry points (console, command) to report a replay that ran but still fails;
+    the rejection was already updated and audited by the service."""
+
+    code = "replay_failed"
+    http_status = 422
+    message = "The replayed item still fails."

@@ -617,7 +617,7 @@ def rejection_replay(
     is measured from the original receipt: the event arrived in time, the cause was ours.
     ``dry_run`` answers what would happen and writes nothing."""
     reason = reason.strip()
-    if not reason:
+    if not reason and not dry_run:
         raise ValidationFailed("A reason is required.", details={"reason": "required"})
     if rejection.status != IngestRejection.Status.OPEN:
         raise RejectionNotReplayable(

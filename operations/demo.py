@@ -15,6 +15,7 @@ from billing import services as billing_services
 from billing.demo import seed_invoices
 from billing.models import Plan, Subscription
 from ingest import services as ingest_services
+from ingest.demo import seed_events
 from ingest.models import Metric
 from neruba import services as kernel_services
 from neruba.models import Customer
@@ -150,6 +151,7 @@ def seed_catalog() -> dict[str, int]:
 def seed_all() -> dict[str, int]:
     with transaction.atomic():
         counts = seed_catalog()
+    counts.update(seed_events())
     counts.update(seed_webhooks())
     # Billing runs last: it invoices the past windows of the events seeded above.
     counts.update(seed_invoices())
