@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
@@ -47,7 +47,7 @@ from billing.pricing import (
 from billing.selectors import prices_by_plan
 from billing.usage import usage_for_windows
 from ingest import services as ingest_services
-from ingest.models import Metric
+from ingest.models import InvoicedWatermark, Metric
 from neruba import audit
 from neruba.locks import (
     Lease,
@@ -343,6 +343,36 @@ def _enqueue_syncs(sync_ids: list[int]) -> None:
     transaction.on_commit(send)
 
 
+COPY_THRESHOLD = 20
+
+
+def _rows_insert(*, model: type[models.Model], rows: list[Any]) -> None:
+    """Inserts new rows and sets their ids. On PostgreSQL, big batches take ids from the table's
+    sequence and go in with COPY: the billing pass is then bounded by the aggregation, not by
+    the ORM preparing every value (bulk_create costs about a millisecond per invoice)."""
+    if connection.vendor != "postgresql" or len(rows) < COPY_THRESHOLD:
+        model._default_manager.bulk_create(rows)
+        return
+    table = model._meta.db_table
+    fields = model._meta.concrete_fields
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
+            [table, len(rows)],
+        )
+        for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
+            row.pk = pk
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        attnames = [f.attname for f in fields]
+        raw = cursor.cursor  # the psycopg cursor under Django's wrapper
+        with raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([getattr(row, name) for name in attnames])
+    for row in rows:
+        row._state.adding = False
+        row._state.db = connection.alias
+
+
 def _invoices_write(
     *,
     drafts: list[InvoiceDraft],
@@ -394,21 +424,26 @@ def _invoices_write(
                 provider=provider,
             )
         )
-    Invoice.objects.bulk_create(invoices)
-    InvoiceLine.objects.bulk_create(
-        [
-            InvoiceLine(
-                invoice=invoice,
-                metric_id=line.metric_id,
-                description=line.description,
-                quantity=line.quantity,
-                unit_amount=line.unit_amount,
-                amount=line.amount,
-            )
-            for invoice, draft in zip(invoices, drafts, strict=True)
-            for line in draft.lines
-        ]
-    )
+    lines = [
+        InvoiceLine(
+            invoice=invoice,
+            metric_id=line.metric_id,
+            description=line.description,
+            quantity=line.quantity,
+            unit_amount=line.unit_amount,
+            amount=line.amount,
+        )
+        for invoice, draft in zip(invoices, drafts, strict=True)
+        for line in draft.lines
+    ]
+    syncs = [ProviderSync(invoice=invoice, action=ProviderSync.Action.PUSH) for invoice in invoices]
+    _rows_insert(model=Invoice, rows=invoices)
+    for line in lines:
+        line.invoice_id = line.invoice.pk
+    for sync in syncs:
+        sync.invoice_id = sync.invoice.pk
+    _rows_insert(model=InvoiceLine, rows=lines)
+    _rows_insert(model=ProviderSync, rows=syncs)
     if consumptions:
         CreditEntry.objects.bulk_create(
             [
@@ -425,9 +460,6 @@ def _invoices_write(
                 for index, customer_id, currency, amount in consumptions
             ]
         )
-    syncs = ProviderSync.objects.bulk_create(
-        [ProviderSync(invoice=invoice, action=ProviderSync.Action.PUSH) for invoice in invoices]
-    )
     if kind == Invoice.Kind.REGULAR:
         BillingWindow.objects.filter(pk__in=[d.window.pk for d in drafts]).update(
             status=BillingWindow.Status.INVOICED, billed_at=now, claimed_by_run=run, last_error=""
@@ -436,10 +468,47 @@ def _invoices_write(
     for draft in drafts:
         cid = draft.window.subscription.customer_id
         through[cid] = max(through.get(cid, draft.window.period_end), draft.window.period_end)
-    for customer_id, end in through.items():
-        ingest_services.invoiced_watermark_advance(customer_id=customer_id, through=end)
+    _watermarks_advance(through=through)
     _enqueue_syncs([s.pk for s in syncs])
     return invoices
+
+
+# The same "forward, never back" upsert as ingest.services.invoiced_watermark_advance, set-based
+# for a batch of customers (one statement instead of up to four queries per customer).
+_WATERMARK_UPSERT = """
+INSERT INTO {table} (customer_id, invoiced_through, updated_at) VALUES {values}
+ON CONFLICT (customer_id) DO UPDATE SET
+  invoiced_through = {greatest}({table}.invoiced_through, EXCLUDED.invoiced_through),
+  updated_at = EXCLUDED.updated_at
+"""
+
+
+def _watermarks_advance(*, through: dict[int, datetime]) -> None:
+    """Advances the ingest watermark of each customer in the invoice transaction, so an event
+    ingested after the commit for an invoiced period is flagged late."""
+    if len(through) == 1:
+        [(customer_id, end)] = through.items()
+        ingest_services.invoiced_watermark_advance(customer_id=customer_id, through=end)
+        return
+    if not through:
+        return
+    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
+    sql = _WATERMARK_UPSERT.format(
+        table=InvoicedWatermark._meta.db_table,
+        values=",".join(["(%s, %s, %s)"] * len(through)),
+        greatest=greatest,
+    )
+    now = timezone.now()
+    params: list[Any] = []
+    ops = connection.ops
+    for customer_id, end in sorted(through.items()):  # sorted: a stable lock order
+        params += [
+            customer_id,
+            ops.adapt_datetimefield_value(end),
+            ops.adapt_datetimefield_value(now),
+        ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def window_bill(

@@ -147,3 +147,17 @@ def test_a_window_that_fails_to_price_is_recorded_and_the_rest_are_billed(
     assert run.errors[0]["window"] == window.pk
     again = services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=3))
     assert (again.scanned, again.failed) == (1, 1), "a failed window is retried by the next scan"
+
+
+def test_billing_advances_the_ingest_watermark_forward_only_for_many_customers(
+    catalog: dict[str, Any],
+) -> None:
+    for n in range(3):
+        SubscriptionFactory(customer__external_id=f"wm-{n}", plan=catalog["plan"], started_at=JAN)
+    later = SubscriptionFactory(
+        customer__external_id="wm-ahead", plan=catalog["plan"], started_at=JAN
+    )
+    InvoicedWatermark.objects.create(customer=later.customer, invoiced_through=MAR)
+    services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=2))
+    marks = dict(InvoicedWatermark.objects.values_list("customer__external_id", "invoiced_through"))
+    assert marks == {"acme": FEB, "wm-0": FEB, "wm-1": FEB, "wm-2": FEB, "wm-ahead": MAR}

@@ -1,0 +1,268 @@
+"""``manage.py benchmark billing``: a billing pass against one raw GROUP BY over the same events,
+measured in the same run, at two event counts (memory must not grow with events).
+
+Needs PostgreSQL (events are generated set-based with generate_series). Data is created under
+the ``bench-`` prefix and removed afterwards (``--keep`` leaves it). Run it against a database
+of its own: it bills whatever else is due there, too."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import connection, connections, transaction
+
+from billing import services
+from billing.models import (
+    BillingRun,
+    BillingWindow,
+    CreditEntry,
+    Invoice,
+    InvoiceLine,
+    Plan,
+    Price,
+    ProviderSync,
+    Subscription,
+)
+from ingest.models import InvoicedWatermark, Metric, UsageEvent
+from neruba.models import Customer
+
+PREFIX = "bench-"
+PERIOD_START = datetime(2020, 1, 1, tzinfo=UTC)
+PERIOD_END = datetime(2020, 2, 1, tzinfo=UTC)
+TARGET_RATIO = 2.0
+
+_EVENTS_SQL = """
+INSERT INTO ingest_usageevent (
+  idempotency_key, customer_id, metric_id, timestamp, value, distinct_value, properties,
+  payload_hash, received_at, source, late, duplicate_count
+)
+SELECT
+  %(prefix)s || %(tag)s || '-' || g,
+  %(first_customer)s + ((g / 2) %% %(customers)s),
+  CASE WHEN g %% 2 = 0 THEN %(count_metric)s ELSE %(sum_metric)s END,
+  %(start)s::timestamptz + ((g::bigint * 7919) %% %(seconds)s) * interval '1 second',
+  CASE WHEN g %% 2 = 0 THEN NULL ELSE (g %% 97) / 10.0 END,
+  '',
+  '{}'::jsonb,
+  'bench',
+  now(),
+  'bench',
+  false,
+  0
+FROM generate_series(1, %(events)s) AS g
+"""
+
+_RAW_GROUP_BY = """
+SELECT customer_id, metric_id, COUNT(*), SUM(value), MAX(value)
+FROM ingest_usageevent
+WHERE timestamp >= %s AND timestamp < %s
+GROUP BY customer_id, metric_id
+"""
+
+
+def add_arguments(parser: CommandParser) -> None:
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument(
+        "--small-events",
+        type=int,
+        default=None,
+        help="Event count of the first (smaller) size; default a quarter of --events.",
+    )
+    parser.add_argument("--batch-size", type=int, default=services.DEFAULT_BATCH)
+    parser.add_argument("--keep", action="store_true", help="Leave the generated data.")
+
+
+def _cleanup() -> None:
+    customers = Customer.objects.filter(external_id__startswith=PREFIX)
+    invoices = Invoice.objects.filter(customer__in=customers)
+    with transaction.atomic():
+        CreditEntry.objects.filter(customer__in=customers).delete()
+        ProviderSync.objects.filter(invoice__in=invoices).delete()
+        InvoiceLine.objects.filter(invoice__in=invoices).delete()
+        invoices.update(supersedes=None)
+        invoices.delete()
+        BillingWindow.objects.filter(subscription__customer__in=customers).delete()
+        Subscription.objects.filter(customer__in=customers).delete()
+        # Raw delete: the ORM's collector would load every event into memory first.
+        UsageEvent.objects.filter(customer__in=customers)._raw_delete(UsageEvent.objects.db)
+        InvoicedWatermark.objects.filter(customer__in=customers).delete()
+        customers.delete()
+        Price.objects.filter(plan__code__startswith=PREFIX).delete()
+        Plan.objects.filter(code__startswith=PREFIX).delete()
+        Metric.objects.filter(code__startswith=PREFIX).delete()
+        BillingRun.objects.filter(holder__startswith=PREFIX).delete()
+
+
+def _generate(*, subscriptions: int, events: int, tag: str) -> None:
+    calls = Metric.objects.create(code=f"{PREFIX}calls", name="Bench calls", aggregation="count")
+    seconds = Metric.objects.create(
+        code=f"{PREFIX}seconds", name="Bench seconds", aggregation="sum", field="seconds"
+    )
+    plan = Plan.objects.create(code=f"{PREFIX}plan", name="Bench", base_amount=1000)
+    Price.objects.create(plan=plan, metric=calls, unit_amount=Decimal("0.01"))
+    Price.objects.create(
+        plan=plan,
+        metric=seconds,
+        model="graduated",
+        tiers=[
+            {"up_to": "100", "unit_amount": "1", "flat_amount": 0},
+            {"up_to": None, "unit_amount": "0.5", "flat_amount": 0},
+        ],
+    )
+    customers = Customer.objects.bulk_create(
+        [
+            Customer(external_id=f"{PREFIX}{n}", name=f"Bench {n}", currency="USD")
+            for n in range(subscriptions)
+        ],
+        batch_size=5000,
+    )
+    Subscription.objects.bulk_create(
+        [Subscription(customer=c, plan=plan, started_at=PERIOD_START) for c in customers],
+        batch_size=5000,
+    )
+    first = min(c.pk for c in customers)
+    assert max(c.pk for c in customers) - first == subscriptions - 1, "customer ids not dense"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _EVENTS_SQL,
+            {
+                "prefix": PREFIX,
+                "tag": tag,
+                "first_customer": first,
+                "customers": subscriptions,
+                "count_metric": calls.pk,
+                "sum_metric": seconds.pk,
+                "start": PERIOD_START,
+                "seconds": int((PERIOD_END - PERIOD_START).total_seconds()),
+                "events": events,
+            },
+        )
+        cursor.execute("ANALYZE ingest_usageevent")
+        cursor.execute("ANALYZE neruba_customer")
+        cursor.execute("ANALYZE billing_subscription")
+
+
+def _group_by() -> tuple[float, int]:
+    with connection.cursor() as cursor:
+        clock = time.perf_counter()
+        cursor.execute(_RAW_GROUP_BY, [PERIOD_START, PERIOD_END])
+        rows = len(cursor.fetchall())
+        return time.perf_counter() - clock, rows
+
+
+def _billing_pass(*, as_of: datetime, batch_size: int) -> tuple[float, float, dict[str, Any]]:
+    """Runs the billing pass in a forked process, so its peak RSS (from wait4) is its own and
+    comparable between sizes. Returns (seconds, peak RSS in MB, run outcome)."""
+    connections.close_all()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the billing worker
+        code = 0
+        try:
+            os.close(read_end)
+            clock = time.perf_counter()
+            run = services.billing_scan(trigger="command", as_of=as_of, batch_size=batch_size)
+            elapsed = time.perf_counter() - clock
+            BillingRun.objects.filter(pk=run.pk).update(holder=PREFIX + run.holder)
+            body = {
+                "seconds": elapsed,
+                "status": run.status,
+                "invoiced": run.invoiced,
+                "failed": run.failed,
+            }
+            os.write(write_end, json.dumps(body).encode())
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            connections.close_all()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status, usage = os.wait4(pid, 0)
+    if status != 0 or not data:
+        raise RuntimeError("the billing process failed (see above)")
+    outcome = json.loads(data)
+    return outcome["seconds"], usage.ru_maxrss / 1024, outcome
+
+
+def _one_size(
+    command: BaseCommand, *, subscriptions: int, events: int, batch_size: int
+) -> dict[str, Any]:
+    out = command.stdout
+    _cleanup()
+    out.write(f"  generating {subscriptions:,} subscriptions and {events:,} events ...")
+    clock = time.perf_counter()
+    _generate(subscriptions=subscriptions, events=events, tag=str(events))
+    out.write(f"  generated in {time.perf_counter() - clock:.1f}s")
+    _group_by()  # warm the cache so both measurements read the same pages
+    group_by, groups = _group_by()
+    out.write(f"  raw GROUP BY: {group_by:.2f}s ({groups:,} groups)")
+    as_of = PERIOD_END + timedelta(seconds=settings.NERUBA["NERUBA_BILLING_GRACE"] + 1)
+    billing, rss, outcome = _billing_pass(as_of=as_of, batch_size=batch_size)
+    ratio = billing / group_by if group_by else float("inf")
+    out.write(
+        f"  billing pass: {billing:.2f}s for {outcome['invoiced']:,} windows "
+        f"({outcome['status']}, failed {outcome['failed']}); ratio {ratio:.2f}x; "
+        f"peak RSS of the billing process {rss:.0f} MB"
+    )
+    return {
+        "events": events,
+        "group_by": group_by,
+        "billing": billing,
+        "ratio": ratio,
+        "rss": rss,
+        "invoiced": outcome["invoiced"],
+        "failed": outcome["failed"],
+    }
+
+
+def run(command: BaseCommand, **options: Any) -> bool:
+    if connection.vendor != "postgresql":
+        command.stderr.write("benchmark billing needs PostgreSQL (set DATABASE_URL).")
+        return False
+    settings.DEBUG = False  # no query log growing with the work
+    subscriptions = options["subscriptions"]
+    big = options["events"]
+    small = options["small_events"] or max(1, big // 4)
+    results = []
+    try:
+        for events in (small, big):
+            command.stdout.write(f"size: {subscriptions:,} subscriptions, {events:,} events")
+            results.append(
+                _one_size(
+                    command,
+                    subscriptions=subscriptions,
+                    events=events,
+                    batch_size=options["batch_size"],
+                )
+            )
+    finally:
+        if not options["keep"]:
+            _cleanup()
+    first, second = results
+    growth = second["rss"] - first["rss"]
+    ok_ratio = second["ratio"] <= TARGET_RATIO
+    ok_memory = growth <= max(32.0, first["rss"] * 0.1)
+    ok_billed = all(r["invoiced"] == subscriptions and r["failed"] == 0 for r in results)
+    command.stdout.write(
+        f"billing pass / raw GROUP BY: {first['ratio']:.2f}x at {first['events']:,} events, "
+        f"{second['ratio']:.2f}x at {second['events']:,} events (target <= {TARGET_RATIO}x): "
+        f"{'ok' if ok_ratio else 'MISSED'}"
+    )
+    command.stdout.write(
+        f"peak RSS: {first['rss']:.0f} MB -> {second['rss']:.0f} MB with "
+        f"{second['events'] / first['events']:.0f}x the events "
+        f"(growth {growth:+.0f} MB): {'flat' if ok_memory else 'GROWS'}"
+    )
+    return ok_ratio and ok_memory and ok_billed
