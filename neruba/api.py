@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from neruba.auth import HasScope
+from neruba.errors import NerubaError
 from neruba.pagination import NerubaCursorPagination
 
 
@@ -19,6 +20,19 @@ class ScopedApi(APIView):
 
     permission_classes = [HasScope]
     required_scopes: dict[str, str] = {}
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        # PostgreSQL text cannot hold NUL: a lookup with one fails inside the driver (a 500),
+        # and SQLite would answer differently. Refuse it up front, after auth, on every endpoint.
+        values = [
+            *map(str, kwargs.values()),
+            *(v for _, vs in request.query_params.lists() for v in vs),
+        ]
+        if any("\x00" in value for value in values):
+            raise NerubaError(
+                "The URL contains a NUL character.", code="malformed_request", http_status=400
+            )
 
     def paginated(
         self,

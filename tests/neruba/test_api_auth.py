@@ -197,3 +197,20 @@ def test_head_needs_the_same_scope_as_get(make_api_key: Callable[..., tuple[ApiK
     _, write = make_api_key("write")
     assert client_with(read).head("/api/v1/customers").status_code == 200
     assert client_with(write).head("/api/v1/customers").status_code == 403
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("route", "method", "scope"), OPERATIONS, ids=IDS)
+def test_a_nul_character_in_the_url_is_a_client_error_not_a_server_error(
+    route: Any, method: str, scope: str, make_api_key: Callable[..., tuple[ApiKey, str]]
+) -> None:
+    # PostgreSQL text cannot hold NUL: used in a lookup it fails inside the driver.
+    _, raw = make_api_key(*SCOPES)
+    client = client_with(raw)
+    targets = [f"{route.url}?customer=a%00b&status=a%00b&cursor=a%00b"]
+    if "no-such-thing" in route.url:
+        targets.append(route.url.replace("no-such-thing", "a%00b"))
+    for target in targets:
+        response = call(client, method, target)
+        assert 400 <= response.status_code < 500, (target, response.content)
+        assert set(response.json()) == {"error"}
