@@ -195,3 +195,15 @@ def test_the_schema_builds_without_warnings_and_documents_every_endpoint(
         for method in route.methods:
             assert method.lower() in operations, f"{method} {route.openapi_path}"
         assert set(scopes) - {"*"} <= {m.upper() for m in operations}
+
+
+@pytest.mark.django_db
+def test_health_and_readiness_are_exempt_from_the_https_redirect() -> None:
+    heartbeat_record(name="beat")
+    with override_settings(SECURE_SSL_REDIRECT=True):
+        client = Client()
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+        redirected = client.get("/api/v1/customers")
+        assert redirected.status_code == 301
+        assert redirected["Location"].startswith("https://")
