@@ -97,3 +97,12 @@ def test_production_refuses_to_start_with_fatal_problems() -> None:
     assert result.returncode != 0
     assert "refuses to start in production" in result.stderr
     assert "DEBUG: must be off in production" in result.stderr
+
+
+def test_check_env_values_never_print_secrets() -> None:
+    result = manage("check_env", "--values", environ=clean_environ(**PRODUCTION))
+    assert result.returncode == 0
+    for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "METRICS_TOKEN"):
+        assert PRODUCTION[name] not in result.stdout + result.stderr
+        assert f"  {name} = (set) [env]" in result.stdout
+    assert "  ALLOWED_HOSTS = ['billing.example.com'] [env]" in result.stdout
