@@ -24,7 +24,14 @@ from ingest.models import (
     Outcome,
     UsageEvent,
 )
-from ingest.validation import Item, extract_value, is_cloudevent, parse_item
+from ingest.validation import (
+    Item,
+    extract_value,
+    is_cloudevent,
+    parse_item,
+    storable_json,
+    storable_text,
+)
 from neruba import audit
 from neruba.errors import ValidationFailed
 from neruba.metrics import (
@@ -415,10 +422,11 @@ def _lookup(
         rows = cursor.fetchall()
     for kind, ref, pk, through, aggregation, field in rows:
         if kind == "c":
-            if isinstance(through, str):  # SQLite hands raw SQL datetimes back as text
+            # SQLite hands raw SQL datetimes back naive (UTC) or as text.
+            if isinstance(through, str):
                 through = parse_datetime(through)
-                if through is not None and timezone.is_naive(through):
-                    through = timezone.make_aware(through, UTC)
+            if through is not None and timezone.is_naive(through):
+                through = timezone.make_aware(through, UTC)
             customers[ref] = (pk, through)
         else:
             metrics[ref] = (pk, aggregation, field)
@@ -528,12 +536,12 @@ def _rejection(item: Item, batch: IngestBatch, prefix: str, outcome: str) -> Ing
         created_at=batch.received_at,
         outcome=outcome,
         idempotency_key=(item.key or "")[:255],
-        customer_ref=str(customer or "")[:200],
-        metric_ref=str(metric or "")[:100],
+        customer_ref=storable_text(customer, 200),
+        metric_ref=storable_text(metric, 100),
         api_key_prefix=prefix,
         error_code=code,
         error_message=message,
-        raw_payload=raw,
+        raw_payload=storable_json(raw),
     )
 
 

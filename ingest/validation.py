@@ -109,7 +109,7 @@ def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
     names = _REQUIRED_CE if cloudevent else _REQUIRED
 
     key = event.get("idempotency_key")
-    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH:
+    if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and _storable_text(key):
         item.key = key
     elif key is None or key == "":
         return item.fail("missing_field", f"`{names[0][1]}` is required.", field=names[0][1])
@@ -124,7 +124,7 @@ def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
     for value, (_, shown) in zip((customer, metric, stamp), names[1:], strict=True):
         if value is None or value == "":
             return item.fail("missing_field", f"`{shown}` is required.", field=shown)
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not _storable_text(value):
             return item.fail("invalid_field", f"`{shown}` must be a string.", field=shown)
     item.customer, item.metric = customer, metric  # type: ignore[assignment]
 
@@ -148,8 +148,54 @@ def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
         return item.fail("invalid_field", f"`{shown}` must be a JSON object.", field=shown)
     item.properties = properties
     item.props_json = _dumps(properties)
-    item.payload_hash = canonical_hash(item.customer, item.metric, item.timestamp, item.props_json)
+    # PostgreSQL's jsonb refuses \u0000 and a lone surrogate cannot be encoded: either would
+    # fail the whole statement, so it is this item's error instead.
+    shown = "data" if cloudevent else "properties"
+    if "\\u0000" in item.props_json:
+        return item.fail(
+            "invalid_field", f"`{shown}` must not contain NUL characters.", field=shown
+        )
+    try:
+        item.payload_hash = canonical_hash(
+            item.customer, item.metric, item.timestamp, item.props_json
+        )
+    except UnicodeEncodeError:
+        return item.fail("invalid_field", f"`{shown}` must be valid Unicode.", field=shown)
     return item
+
+
+def _storable_text(value: str) -> bool:
+    """No NUL (PostgreSQL text cannot hold it) and no lone surrogate (not encodable)."""
+    if value.isascii():
+        return "\x00" not in value
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def storable_text(value: Any, limit: int) -> str:
+    """A reference shown in the console (customer, metric): text, storable, at most ``limit``."""
+    text = "" if value is None else str(value)
+    if not _storable_text(text):
+        text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode()
+    return text[:limit]
+
+
+def storable_json(raw: Any) -> Any:
+    """``raw`` as it can be stored in a JSON column: NUL and lone surrogates replaced by
+    U+FFFD. Used for the raw payload of rejections, which keeps what the client sent."""
+    text = json.dumps(raw, ensure_ascii=False)
+    if "\\u0000" not in text:
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            pass
+        else:
+            return raw
+    text = text.replace("\\u0000", "\\ufffd").encode("utf-8", "replace").decode()
+    return json.loads(text)
 
 
 def extract_value(
