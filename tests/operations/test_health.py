@@ -207,3 +207,14 @@ def test_health_and_readiness_are_exempt_from_the_https_redirect() -> None:
         redirected = client.get("/api/v1/customers")
         assert redirected.status_code == 301
         assert redirected["Location"].startswith("https://")
+
+
+@pytest.mark.django_db
+def test_the_beat_heartbeat_task_makes_readyz_ready(client: Client) -> None:
+    from operations.tasks import heartbeat
+
+    assert readyz(client)[0] == 503
+    heartbeat.delay()
+    status, body = readyz(client)
+    assert status == 200, body
+    assert body["checks"]["scheduler"]["detail"].startswith("scheduler heartbeat")
