@@ -53,11 +53,15 @@ def invoice_for_provider(*, provider_invoice_id: str, invoice_number: str = "") 
     """The Neruba invoice behind a provider invoice: by the id we stored when pushing it, else by
     the invoice number we put in the provider invoice's metadata."""
     if provider_invoice_id:
-        found = Invoice.objects.filter(provider_invoice_id=provider_invoice_id).first()
+        found = (
+            Invoice.objects.select_related("customer")
+            .filter(provider_invoice_id=provider_invoice_id)
+            .first()
+        )
         if found is not None:
             return found
     if invoice_number:
-        return Invoice.objects.filter(number=invoice_number).first()
+        return Invoice.objects.select_related("customer").filter(number=invoice_number).first()
     return None
 
 

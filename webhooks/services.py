@@ -24,11 +24,10 @@ from typing import Any
 
 import stripe
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from billing.models import Invoice
 from billing.payments import invoice_for_provider
 from neruba import audit, context
 from neruba.metrics import REPLAYS, WEBHOOK_PROCESSING, WEBHOOK_RECEIPTS
@@ -150,26 +149,35 @@ def _stripe_id(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _links(payload: dict[str, Any]) -> tuple[str, Customer | None, Invoice | None]:
-    """(object id, customer, invoice) known at receipt, from two indexed lookups at most."""
-    obj = payload["data"]["object"]
-    object_id = _stripe_id(obj.get("id"))
+def event_links_resolve(*, event: StripeEvent) -> None:
+    """Links the event to the Neruba customer and invoice it is about, when they are known.
+
+    Done by the worker before processing rather than at receipt, so the receipt path stays one
+    INSERT; a failed or ignored event still shows its customer and invoice on the console."""
+    if event.customer_id is not None or event.invoice_id is not None:
+        return
+    obj = (event.payload.get("data") or {}).get("object") or {}
     invoice = None
     if obj.get("object") == "invoice":
-        metadata = obj.get("metadata") or {}
         invoice = invoice_for_provider(
-            provider_invoice_id=object_id,
-            invoice_number=str(metadata.get("neruba_invoice_number") or ""),
+            provider_invoice_id=event.object_id,
+            invoice_number=str((obj.get("metadata") or {}).get("neruba_invoice_number") or ""),
         )
     if invoice is not None:
-        return object_id, invoice.customer, invoice
-    stripe_customer = (
-        object_id if obj.get("object") == "customer" else _stripe_id(obj.get("customer"))
-    )
-    customer = None
-    if stripe_customer:
-        customer = Customer.objects.filter(stripe_customer_id=stripe_customer).first()
-    return object_id, customer, None
+        customer: Customer | None = invoice.customer
+    else:
+        stripe_customer = (
+            event.object_id if obj.get("object") == "customer" else _stripe_id(obj.get("customer"))
+        )
+        customer = (
+            Customer.objects.filter(stripe_customer_id=stripe_customer).first()
+            if stripe_customer
+            else None
+        )
+    if customer is None and invoice is None:
+        return
+    StripeEvent.objects.filter(pk=event.pk).update(customer=customer, invoice=invoice)
+    event.customer, event.invoice = customer, invoice
 
 
 def _enqueue(event_id: int) -> None:
@@ -212,35 +220,59 @@ def event_receive(
         WEBHOOK_RECEIPTS.labels(result=exc.code).inc()
         raise
     context.stripe_event_id.set(payload["id"])
-    object_id, customer, invoice = _links(payload)
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            event = StripeEvent.objects.create(
-                stripe_id=payload["id"],
-                type=payload["type"][:100],
-                api_version=str(payload.get("api_version") or "")[:40],
-                livemode=bool(payload.get("livemode")),
-                created=datetime.fromtimestamp(payload["created"], tz=UTC),
-                raw_body=body,
-                payload=payload,
-                headers={k: v for k, v in headers.items() if k in KEPT_HEADERS},
-                secret_hint=hint,
-                object_id=object_id[:100],
-                customer=customer,
-                invoice=invoice,
-                received_at=now,
-                next_attempt_at=now + RECEIVED_GRACE,
-            )
-            transaction.on_commit(lambda: _enqueue(event.pk))
-    except IntegrityError:
-        existing = StripeEvent.objects.filter(stripe_id=payload["id"]).first()
-        if existing is None:  # not the unique id after all: a real integrity problem
-            raise
+    event = StripeEvent(
+        stripe_id=payload["id"],
+        type=payload["type"][:100],
+        api_version=str(payload.get("api_version") or "")[:40],
+        livemode=bool(payload.get("livemode")),
+        created=datetime.fromtimestamp(payload["created"], tz=UTC),
+        raw_body=body,
+        payload=payload,
+        headers={k: v for k, v in headers.items() if k in KEPT_HEADERS},
+        secret_hint=hint,
+        object_id=_stripe_id(payload["data"]["object"].get("id"))[:100],
+        received_at=now,
+        next_attempt_at=now + RECEIVED_GRACE,
+    )
+    if not _insert_if_new(event):
         WEBHOOK_RECEIPTS.labels(result="duplicate").inc()
+        existing = StripeEvent.objects.defer("raw_body", "payload").get(stripe_id=event.stripe_id)
         return existing, False
+    # Runs at once in autocommit, else after the caller's commit: never before the row is
+    # visible to the worker.
+    transaction.on_commit(lambda: _enqueue(event.pk))
     WEBHOOK_RECEIPTS.labels(result="stored").inc()
     return event, True
+
+
+def _insert_if_new(event: StripeEvent) -> bool:
+    """Inserts ``event`` unless its ``stripe_id`` is stored; True when this call inserted it.
+
+    ``INSERT … ON CONFLICT (stripe_id) DO NOTHING RETURNING id`` decides in one statement: of
+    concurrent deliveries of one event exactly one gets the id back (the others wait for its
+    commit, then see the conflict). No exception is raised for a duplicate, so neither the
+    caller's transaction nor the receipt rate suffers from redeliveries. In autocommit the
+    statement is its own transaction: the row is durable before we answer Stripe."""
+    meta = StripeEvent._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    table, pk, key = quote(meta.db_table), quote(meta.pk.column), quote("stripe_id")
+    columns = ", ".join(quote(f.column) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    # Identifiers come from our own model; every value is a parameter.
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
+    sql += f" ON CONFLICT ({key}) DO NOTHING RETURNING {pk}"
+    params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    event.pk = row[0]
+    event._state.adding = False
+    event._state.db = connection.alias
+    return True
 
 
 # --- processing ------------------------------------------------------------------------------
@@ -291,6 +323,7 @@ def event_process(
     if not _claim(event=event, trigger=trigger, now=now):
         return None
     event.refresh_from_db()
+    event_links_resolve(event=event)
     token = context.stripe_event_id.set(event.stripe_id)
     user = actor if getattr(actor, "is_authenticated", False) else None
     attempt = EventAttempt.objects.create(event=event, trigger=trigger, actor=user, started_at=now)
