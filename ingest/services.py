@@ -689,7 +689,7 @@ def rejection_replay(
             },
             customer=customer,
         )
-        transaction.on_commit(lambda: REPLAYS.labels("ingest", outcome).inc())
+    REPLAYS.labels("ingest", outcome).inc()
     rejection.refresh_from_db()
     return ReplayResult(locked.pk, outcome, event_id, error, False)
 

@@ -32,7 +32,12 @@ def test_a_new_event_is_accepted_with_201_and_stored(ingest_client: APIClient) -
     assert response.status_code == 201
     body = response.json()
     stored = UsageEvent.objects.get(idempotency_key="k-1")
-    assert body == {"index": 0, "idempotency_key": "k-1", "outcome": "accepted", "event_id": stored.pk}
+    assert body == {
+        "index": 0,
+        "idempotency_key": "k-1",
+        "outcome": "accepted",
+        "event_id": stored.pk,
+    }
     assert stored.customer.external_id == "acme" and stored.metric.code == "api_calls"
     assert stored.timestamp == datetime(2026, 3, 10, 11, tzinfo=UTC)
     assert stored.properties == {"endpoint": "/v1/search"} and stored.value == 1
@@ -164,9 +169,7 @@ def test_an_item_that_is_not_an_object_fails_as_invalid_event(ingest_client: API
     assert result["idempotency_key"] is None
 
 
-def test_the_timestamp_window_follows_the_settings(
-    ingest_client: APIClient, settings: Any
-) -> None:
+def test_the_timestamp_window_follows_the_settings(ingest_client: APIClient, settings: Any) -> None:
     settings.NERUBA = {**settings.NERUBA, "NERUBA_INGEST_MAX_AGE": 3600}
     old = event("k-old", timestamp="2026-03-10T10:59:00Z")
     assert post(ingest_client, old).json()["error"]["code"] == "timestamp_too_old"

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from prometheus_client import REGISTRY
+from rest_framework.test import APIClient
+
+from ingest.exceptions import RejectionNotReplayable
+from ingest.models import IngestBatch, IngestRejection, UsageEvent
+from ingest.services import events_ingest, ingest_prune, rejection_replay
+from ingest.tasks import prune
+from neruba.errors import ValidationFailed
+from neruba.models import AuditEntry
+from tests.factories import CustomerFactory, MetricFactory
+from tests.ingest.conftest import NOW, event
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+# --- a write that fails mid-transaction leaves nothing behind ------------------------------
+
+
+@pytest.fixture
+def failing_rejection_insert(db: None) -> Iterator[None]:
+    """A real database error on the rejection insert, after the events' INSERT ran in the same
+    transaction (a trigger: no mock of our own code)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION ingest_test_fail() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                "CREATE TRIGGER ingest_test_fail BEFORE INSERT ON ingest_ingestrejection "
+                "FOR EACH ROW EXECUTE FUNCTION ingest_test_fail()"
+            )
+        else:
+            cursor.execute(
+                "CREATE TRIGGER ingest_test_fail BEFORE INSERT ON ingest_ingestrejection "
+                "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+    yield
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP TRIGGER IF EXISTS ingest_test_fail ON ingest_ingestrejection")
+            cursor.execute("DROP FUNCTION IF EXISTS ingest_test_fail()")
+        else:
+            cursor.execute("DROP TRIGGER IF EXISTS ingest_test_fail")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_fails_mid_transaction_leaves_no_key_and_the_retry_is_accepted(
+    ingest_client: APIClient, failing_rejection_insert: None
+) -> None:
+    body = json.dumps({"events": [event("k-1"), event("k-bad", customer="nobody")]})
+    failed = ingest_client.post("/api/v1/events", body, content_type="application/json")
+    assert failed.status_code == 500
+    assert failed.json()["error"]["code"] == "internal_error"
+    assert not UsageEvent.objects.exists() and not IngestBatch.objects.exists()
+
+    with connection.cursor() as cursor:  # the disk has space again
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP TRIGGER ingest_test_fail ON ingest_ingestrejection")
+        else:
+            cursor.execute("DROP TRIGGER ingest_test_fail")
+    retried = ingest_client.post("/api/v1/events", body, content_type="application/json")
+    assert retried.status_code == 200
+    assert [r["outcome"] for r in retried.json()["results"]] == ["accepted", "failed"]
+
+
+def test_a_caller_transaction_that_rolls_back_takes_the_claimed_keys_with_it(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        events_ingest(payloads=[event("k-1")], api_key=None)
+        raise RuntimeError("lost the connection before commit")
+    result = events_ingest(payloads=[event("k-1")], api_key=None)
+    assert result.results[0]["outcome"] == "accepted"
+
+
+# --- counters --------------------------------------------------------------------------------
+
+
+def test_prometheus_counters_count_items_per_outcome_and_rejections_per_code(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    accepted = sample("neruba_ingest_items_total", outcome="accepted")
+    failed = sample("neruba_ingest_items_total", outcome="failed")
+    unknown = sample("neruba_ingest_rejections_total", code="unknown_customer")
+    batches = sample("neruba_ingest_batch_size_count")
+    events_ingest(payloads=[event("a"), event("b"), event("c", customer="nobody")], api_key=None)
+    assert sample("neruba_ingest_items_total", outcome="accepted") == accepted + 2
+    assert sample("neruba_ingest_items_total", outcome="failed") == failed + 1
+    assert sample("neruba_ingest_rejections_total", code="unknown_customer") == unknown + 1
+    assert sample("neruba_ingest_batch_size_count") == batches + 1
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+def failed_rejection(**overrides: Any) -> IngestRejection:
+    result = events_ingest(payloads=[event("k-1", **overrides)], api_key=None)
+    assert result.results[0]["outcome"] == "failed"
+    return IngestRejection.objects.get()
+
+
+def test_replay_after_the_cause_is_fixed_stores_the_event_linked_to_its_rejection(
+    meters: dict[str, Any], frozen: Any, console_user: Any
+) -> None:
+    rejection = failed_rejection(customer="initech")
+    CustomerFactory(external_id="initech")
+    support = console_user("Support")
+    replays = sample("neruba_replays_total", kind="ingest", outcome="replay")
+
+    result = rejection_replay(rejection=rejection, actor=support, reason="customer created")
+
+    assert result.outcome == "replay" and result.event_id is not None
+    stored = UsageEvent.objects.get(idempotency_key="k-1")
+    assert stored.pk == result.event_id and stored.rejection == rejection
+    assert stored.source == "replay" and stored.customer.external_id == "initech"
+    rejection.refresh_from_db()
+    assert rejection.status == "replayed" and rejection.replay_attempts == 1
+    assert rejection.last_replayed_at == NOW
+    entry = AuditEntry.objects.get(action="ingest_rejection.replay")
+    assert entry.actor == support and entry.reason == "customer created"
+    assert entry.before["status"] == "open" and entry.after["event_id"] == stored.pk
+    assert entry.customer == stored.customer
+    assert sample("neruba_replays_total", kind="ingest", outcome="replay") == replays + 1
+    batch = IngestBatch.objects.get(pk=stored.batch_id)
+    assert batch.source == "replay" and batch.replay == 1
+
+
+def test_a_replay_that_still_fails_stays_open_with_its_new_error(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    rejection = failed_rejection(customer="initech", metric="gpu_hours")
+    assert rejection.error_code == "unknown_customer"
+    CustomerFactory(external_id="initech")
+
+    result = rejection_replay(rejection=rejection, actor=None, reason="customer created")
+
+    assert result.outcome == "failed" and result.error["code"] == "unknown_metric"
+    rejection.refresh_from_db()
+    assert rejection.status == "open" and rejection.error_code == "unknown_metric"
+    assert rejection.replay_attempts == 1
+    assert IngestRejection.objects.count() == 1 and not UsageEvent.objects.exists()
+    assert AuditEntry.objects.get(action="ingest_rejection.replay").after["outcome"] == "failed"
+
+    MetricFactory(code="gpu_hours")
+    assert rejection_replay(rejection=rejection, actor=None, reason="metric added").outcome == (
+        "replay"
+    )
+    rejection.refresh_from_db()
+    assert rejection.replay_attempts == 2 and rejection.status == "replayed"
+
+
+def test_a_dry_run_replay_tells_what_would_happen_and_writes_nothing(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    rejection = failed_rejection(customer="initech")
+    before = rejection_replay(rejection=rejection, actor=None, reason="", dry_run=True)
+    assert before.outcome == "failed" and before.error["code"] == "unknown_customer"
+    CustomerFactory(external_id="initech")
+    after = rejection_replay(rejection=rejection, actor=None, reason="", dry_run=True)
+    assert after.outcome == "replay" and after.describe() == "would be stored"
+    rejection.refresh_from_db()
+    assert rejection.status == "open" and rejection.replay_attempts == 0
+    assert (
+        not UsageEvent.objects.exists()
+        and not AuditEntry.objects.filter(action="ingest_rejection.replay").exists()
+    )
+
+
+def test_replay_measures_the_window_from_the_original_receipt(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    rejection = failed_rejection(customer="initech")
+    CustomerFactory(external_id="initech")
+    frozen.shift(timedelta(days=40))  # the event is now older than the 35-day window
+    result = rejection_replay(rejection=rejection, actor=None, reason="late fix")
+    assert result.outcome == "replay"
+
+
+def test_a_rejection_whose_event_arrived_meanwhile_closes_as_duplicate(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    rejection = failed_rejection(customer="initech")
+    CustomerFactory(external_id="initech")
+    events_ingest(payloads=[event("k-1", customer="initech")], api_key=None)  # client retried
+    result = rejection_replay(rejection=rejection, actor=None, reason="cleanup")
+    assert result.outcome == "duplicate"
+    rejection.refresh_from_db()
+    assert rejection.status == "replayed" and UsageEvent.objects.count() == 1
+
+
+def test_a_replayed_rejection_cannot_be_replayed_again(meters: dict[str, Any], frozen: Any) -> None:
+    rejection = failed_rejection(customer="initech")
+    CustomerFactory(external_id="initech")
+    rejection_replay(rejection=rejection, actor=None, reason="fixed")
+    with pytest.raises(RejectionNotReplayable):
+        rejection_replay(rejection=rejection, actor=None, reason="again")
+
+
+def test_replay_needs_a_reason(meters: dict[str, Any], frozen: Any) -> None:
+    rejection = failed_rejection(customer="initech")
+    with pytest.raises(ValidationFailed):
+        rejection_replay(rejection=rejection, actor=None, reason="  ")
+
+
+def test_the_event_history_shows_the_failure_and_the_replay(
+    ingest_client: APIClient, frozen: Any
+) -> None:
+    ingest_client.post(
+        "/api/v1/events",
+        json.dumps(event("k-1", customer="initech")),
+        content_type="application/json",
+    )
+    CustomerFactory(external_id="initech")
+    frozen.shift(timedelta(minutes=5))
+    rejection_replay(rejection=IngestRejection.objects.get(), actor=None, reason="fixed")
+    body = ingest_client.get("/api/v1/events/k-1").json()
+    assert [(h["outcome"], h["status"]) for h in body["history"]] == [
+        ("failed", "replayed"),
+        ("replay", None),
+    ]
+    assert body["event"]["source"] == "replay"
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+def test_prune_deletes_batches_and_rejections_past_retention_and_keeps_events(
+    meters: dict[str, Any], frozen: Any, settings: Any
+) -> None:
+    settings.NERUBA = {**settings.NERUBA, "NERUBA_INGEST_RETENTION": 30 * 86400}
+    events_ingest(payloads=[event("old"), event("old-bad", customer="nobody")], api_key=None)
+    frozen.shift(timedelta(days=29))
+    events_ingest(payloads=[event("new-bad", customer="nobody")], api_key=None)
+    frozen.shift(timedelta(days=2))
+
+    assert prune.delay().get() == {"batches": 1, "rejections": 1}
+
+    assert list(IngestRejection.objects.values_list("idempotency_key", flat=True)) == ["new-bad"]
+    assert IngestBatch.objects.count() == 1
+    assert UsageEvent.objects.filter(idempotency_key="old").exists()
+    assert ingest_prune(now=NOW + timedelta(days=31)) == {"batches": 0, "rejections": 0}
