@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
@@ -11,7 +12,7 @@ from django.utils import timezone
 from neruba import locks, services
 from neruba.admin_actions import GuardedAdminMixin, ReadOnlyAdminMixin, guarded_action
 from neruba.admin_site import console
-from neruba.models import ApiKey, AuditEntry, Customer, SchedulerLock, SupportNote
+from neruba.models import SCOPES, ApiKey, AuditEntry, Customer, SchedulerLock, SupportNote
 
 # Superusers manage console users and their role groups here; the roles grant no auth permission.
 console.register(User, UserAdmin)
@@ -61,8 +62,22 @@ def _revoke(api_key: ApiKey, actor: Any, reason: str) -> str | None:
     return None
 
 
+class ApiKeyForm(forms.ModelForm):
+    # Checkboxes, not free JSON: an unknown scope used to reach api_key_create and fail as a 500.
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, scope) for scope in SCOPES],
+        widget=forms.CheckboxSelectMultiple,
+        help_text="What the key may do: ingest events, read, write.",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "scopes", "expiry_date"]
+
+
 @admin.register(ApiKey, site=console)
 class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
+    form = ApiKeyForm
     list_display = ["name", "prefix", "scopes", "created", "revoked", "expiry_date"]
     list_filter = ["revoked"]
     search_fields = ["name", "prefix"]

@@ -248,7 +248,7 @@ def test_operations_can_create_an_api_key_and_sees_it_once(
     client = login(console_user, "Operations")
     response = client.post(
         "/admin/neruba/apikey/add/",
-        {"name": "billing-svc", "scopes": '["ingest"]', "expiry_date_0": "", "expiry_date_1": ""},
+        {"name": "billing-svc", "scopes": ["ingest"], "expiry_date_0": "", "expiry_date_1": ""},
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     api_key = ApiKey.objects.get(name="billing-svc")
