@@ -45,7 +45,7 @@ from billing.pricing import (
     tiers_validate,
 )
 from billing.selectors import prices_by_plan
-from billing.usage import usage_for_windows
+from billing.usage import WindowRef, usage_for_windows
 from ingest import services as ingest_services
 from ingest.models import InvoicedWatermark, Metric
 from neruba import audit
@@ -151,7 +151,7 @@ def metric_for_code(code: str) -> Metric:
 # --- billing windows, runs and invoices ------------------------------------------------------
 
 BILLING_LOCK = "billing-scan"
-DEFAULT_CHUNK = 5000
+DEFAULT_CHUNK = 10000
 DEFAULT_BATCH = 200
 
 
@@ -294,10 +294,20 @@ def invoice_draft(
     return InvoiceDraft(window=window, lines=lines)
 
 
+def _window_ref(window: BillingWindow, prices: list[Price]) -> WindowRef:
+    return WindowRef(
+        window_id=window.pk,
+        customer_id=window.subscription.customer_id,
+        period_start=window.period_start,
+        period_end=window.period_end,
+        metric_ids=frozenset(p.metric_id for p in prices),
+    )
+
+
 def window_draft(*, window: BillingWindow) -> InvoiceDraft:
     """Prices one window from the events stored now (used by reruns and previews)."""
-    usage = usage_for_windows(window_ids=[window.pk], aggregations=_aggregations())
     prices = prices_by_plan().get(window.subscription.plan_id, [])
+    usage = usage_for_windows(windows=[_window_ref(window, prices)], aggregations=_aggregations())
     return invoice_draft(window=window, usage=usage.get(window.pk, {}), prices=prices)
 
 
@@ -644,7 +654,10 @@ def billing_scan(
             if not chunk:
                 break
             last = (chunk[-1].period_end, chunk[-1].pk)
-            usage = usage_for_windows(window_ids=[w.pk for w in chunk], aggregations=aggregations)
+            usage = usage_for_windows(
+                windows=[_window_ref(w, prices.get(w.subscription.plan_id, [])) for w in chunk],
+                aggregations=aggregations,
+            )
             run.scanned += len(chunk)
             drafts = []
             for w in chunk:

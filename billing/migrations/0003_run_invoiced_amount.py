@@ -4,15 +4,17 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('billing', '0002_initial'),
+        ("billing", "0002_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='billingrun',
-            name='invoiced_amount',
-            field=models.BigIntegerField(default=0, help_text='Sum of invoice totals written (or, on a dry run, that would be).'),
+            model_name="billingrun",
+            name="invoiced_amount",
+            field=models.BigIntegerField(
+                default=0,
+                help_text="Sum of invoice totals written (or, on a dry run, that would be).",
+            ),
         ),
     ]
