@@ -13,6 +13,17 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+# Sweep name -> the variable holding its beat interval (the names are operations.sweeps').
+SWEEP_SCHEDULES = {
+    "usage_drift": "NERUBA_SWEEP_INTERVAL",
+    "stuck_runs": "NERUBA_SWEEP_INTERVAL",
+    "webhook_retries": "NERUBA_SWEEP_INTERVAL",
+    "reconciliation": "NERUBA_SWEEP_RECONCILIATION_INTERVAL",
+    "outbox": "NERUBA_SWEEP_INTERVAL",
+    "retention": "NERUBA_SWEEP_RETENTION_INTERVAL",
+}
+
+
 def _beat_schedule() -> dict[str, dict[str, object]]:
     """Every periodic task, named by string. Intervals come from the configuration list."""
     from django.conf import settings
@@ -25,6 +36,16 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
         },
         # Failed Stripe events whose backoff elapsed, and claims whose worker died.
         "webhooks-retry-due": {"task": "webhooks.retry_due", "schedule": 60.0},
+        # Recovery and consistency sweeps (operations.sweeps), one entry each so a slow one
+        # never delays another; each records a SweepRun and skips itself while already running.
+        **{
+            f"sweep-{name.replace('_', '-')}": {
+                "task": "operations.sweep",
+                "schedule": float(settings.NERUBA[variable]),
+                "args": [name],
+            }
+            for name, variable in SWEEP_SCHEDULES.items()
+        },
     }
 
 

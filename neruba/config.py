@@ -260,7 +260,32 @@ VARIABLES: tuple[Var, ...] = (
         "3d",
         "Invoices pushed to Stripe with no payment outcome after this are reconciled.",
     ),
-    Var("NERUBA_SWEEP_INTERVAL", "duration", "15m", "How often beat runs the recovery sweeps."),
+    Var(
+        "NERUBA_SWEEP_INTERVAL",
+        "duration",
+        "15m",
+        "How often beat runs the usage_drift, stuck_runs, webhook_retries and outbox sweeps.",
+    ),
+    Var(
+        "NERUBA_SWEEP_RECONCILIATION_INTERVAL",
+        "duration",
+        "6h",
+        "How often beat runs the payment reconciliation sweep (one Stripe request per invoice "
+        "waiting past NERUBA_RECONCILE_AFTER).",
+    ),
+    Var(
+        "NERUBA_SWEEP_RETENTION_INTERVAL",
+        "duration",
+        "1d",
+        "How often beat runs the retention sweep.",
+    ),
+    Var(
+        "NERUBA_DRIFT_FULL_INTERVAL",
+        "duration",
+        "1d",
+        "The usage drift sweep re-checks every invoiced window this often; in between it only "
+        "re-checks windows that late events touched.",
+    ),
     Var(
         "STRIPE_SECRET_KEY",
         "str",
