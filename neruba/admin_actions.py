@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
@@ -22,7 +23,7 @@ MAX_OBJECTS = 500
 MAX_PREVIEWS = 50
 
 Preview = Callable[[Any], "str | dict[str, Any] | list[Any]"]
-Perform = Callable[[Any, Any, str], "str | None"]
+Perform = Callable[..., "str | None"]
 
 
 @dataclass
@@ -48,12 +49,15 @@ def guarded_action(
     preview: Preview | None = None,
     explanation: str = "",
     eligible: Callable[[Any], bool] | None = None,
+    form: type[forms.Form] | None = None,
 ) -> Callable[[admin.ModelAdmin, HttpRequest, QuerySet[Any]], HttpResponse | None]:
     """Builds an admin action.
 
     ``perform(obj, actor, reason)`` calls the service and returns ``"skipped"`` when there was
     nothing to do; raising ``NerubaError`` counts the object as failed with its message.
     ``preview(obj)`` describes what will happen (a dry run) for the confirmation page.
+    With ``form`` (e.g. an amount and a reason code) the confirmation page asks for its fields
+    too, and ``perform(obj, actor, reason, data)`` gets the cleaned data.
     """
 
     def action(
@@ -64,15 +68,20 @@ def guarded_action(
         objects = list(queryset[:MAX_OBJECTS])
         reason = request.POST.get("reason", "").strip()
         reason_missing = False
-        if request.POST.get("confirm") == "yes":
-            if reason:
+        confirming = request.POST.get("confirm") == "yes"
+        bound = None
+        if form is not None:
+            bound = form(request.POST) if confirming else form()
+        if confirming:
+            if reason and (bound is None or bound.is_valid()):
+                extra = () if bound is None else (bound.cleaned_data,)
                 outcome = ActionOutcome()
                 for obj in objects:
                     if eligible is not None and not eligible(obj):
                         outcome.skipped += 1
                         continue
                     try:
-                        result = perform(obj, request.user, reason)
+                        result = perform(obj, request.user, reason, *extra)
                     except NerubaError as exc:
                         outcome.failed += 1
                         outcome.errors.append(f"{obj}: {exc.message}")
@@ -84,7 +93,7 @@ def guarded_action(
                 level = messages.ERROR if outcome.failed else messages.SUCCESS
                 modeladmin.message_user(request, outcome.summary(label), level)
                 return None
-            reason_missing = True
+            reason_missing = not reason
         rows = []
         for obj in objects[:MAX_PREVIEWS]:
             ok = eligible(obj) if eligible is not None else True
@@ -107,6 +116,7 @@ def guarded_action(
             "selected": [str(o.pk) for o in objects],
             "reason": reason,
             "reason_missing": reason_missing,
+            "form": bound,
             "cancel_url": request.get_full_path(),
             "is_object_action": bool(
                 request.resolver_match

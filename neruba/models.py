@@ -86,6 +86,9 @@ class AuditEntry(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "audit entries"
         indexes = [models.Index(fields=["target_type", "target_id", "-created_at"])]
+        permissions = [
+            ("export_auditentry", "Can export the audit log and the credit ledger as CSV")
+        ]
 
     def __str__(self) -> str:
         return f"{self.action} {self.target_type}:{self.target_id} by {self.actor_label}"

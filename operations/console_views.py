@@ -1,11 +1,26 @@
+"""Console pages outside the model admins: runbooks, the billing explainer, adding notes."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_POST
 
 from neruba.admin_site import console
+from neruba.models import Customer
+from neruba.services import note_add as note_add_service
+from operations.explain import explain_key
 from operations.runbooks import runbook_get, runbook_html, runbook_list
 
 
@@ -25,3 +40,59 @@ def runbook_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "body": mark_safe(runbook_html(book)),  # noqa: S308 - rendered from files in the repo
     }
     return TemplateResponse(request, "operations/runbook.html", context)
+
+
+@staff_member_required
+def explain(request: HttpRequest) -> HttpResponse:
+    """ "Why wasn't this billed?" for an idempotency key; the chain comes from the selector."""
+    if not request.user.has_perm("ingest.view_usageevent"):
+        raise PermissionDenied("Explaining an event needs the ingest.view_usageevent permission.")
+    key = request.GET.get("key", "").strip()
+    context = {
+        **console.each_context(request),
+        "title": "Why wasn't this billed?",
+        "key": key,
+        "explanation": explain_key(idempotency_key=key) if key else None,
+    }
+    return TemplateResponse(request, "operations/explain.html", context)
+
+
+# Records that take support notes, and the customer each one belongs to.
+NOTE_TARGETS: dict[str, Callable[[Any], Customer | None]] = {
+    "neruba.customer": lambda obj: obj,
+    "billing.invoice": lambda obj: obj.customer,
+    "ingest.usageevent": lambda obj: obj.customer,
+    "webhooks.stripeevent": lambda obj: obj.customer,
+}
+
+
+@staff_member_required
+@require_POST
+def note_add(request: HttpRequest) -> HttpResponse:
+    """Adds a support note to a record the user may see; notes are never edited afterwards."""
+    if not request.user.has_perm("neruba.add_supportnote"):
+        raise PermissionDenied("Adding notes needs the neruba.add_supportnote permission.")
+    try:
+        content_type = ContentType.objects.get_for_id(int(request.POST.get("content_type", "")))
+    except (ValueError, ContentType.DoesNotExist) as exc:
+        raise Http404("No such record type.") from exc
+    label = f"{content_type.app_label}.{content_type.model}"
+    if label not in NOTE_TARGETS:
+        raise PermissionDenied("Notes cannot be attached to that record type.")
+    if not request.user.has_perm(f"{content_type.app_label}.view_{content_type.model}"):
+        raise PermissionDenied("You cannot see that record.")
+    model = content_type.model_class()
+    assert model is not None
+    target = get_object_or_404(model, pk=request.POST.get("object_id", ""))
+    body = request.POST.get("body", "").strip()
+    next_url = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = reverse("admin:index")
+    if not body:
+        messages.error(request, "A note needs some text.")
+        return HttpResponseRedirect(next_url)
+    note_add_service(
+        target=target, author=request.user, body=body, customer=NOTE_TARGETS[label](target)
+    )
+    messages.success(request, "Note added.")
+    return HttpResponseRedirect(next_url)

@@ -64,6 +64,7 @@ ROLES: dict[str, dict[str, Any]] = {
             "billing.rerun_invoice",
             "billing.mark_invoice_paid",
             "billing.resolve_driftfinding",
+            "neruba.export_auditentry",
         ],
     },
     "Operations": {

@@ -7,4 +7,6 @@ from operations import console_views
 urlpatterns = [
     path("runbooks/", console_views.runbooks_index, name="runbooks"),
     path("runbooks/<slug:slug>", console_views.runbook_detail, name="runbook"),
+    path("explain/", console_views.explain, name="explain"),
+    path("notes/add/", console_views.note_add, name="note-add"),
 ]

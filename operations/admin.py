@@ -1,0 +1,543 @@
+"""The operator console's hub pages, layered on the apps' admins (operations may import every
+app; nothing imports operations).
+
+- the customer page as the hub (subscriptions, usage so far, invoices, ledger, refunds,
+  disputes, rejections, webhook events, audit trail, notes) with "Issue a credit";
+- support notes and ready-to-send replies on customer, invoice, event and webhook pages;
+- "Why wasn't this billed?" links from events and rejections;
+- finance screens: the credit ledger and the audit log with filters and a CSV export of the
+  filtered rows; invoice totals per status and currency above the invoice list;
+- "Record a correction" on invoices; resolve or ignore drift findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Model, QuerySet, Sum
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_date
+
+import billing.admin as billing_admin
+import ingest.admin as ingest_admin
+import neruba.admin as neruba_admin
+import webhooks.admin as webhooks_admin
+from billing import services as billing_services
+from billing.ledger import credit_grant
+from billing.models import CreditEntry, DriftFinding, Invoice, ReasonCode
+from billing.selectors import credit_balances
+from ingest.models import IngestRejection, UsageEvent
+from neruba.admin_actions import GuardedAdminMixin, guarded_action
+from neruba.admin_site import console
+from neruba.models import AuditEntry, Customer
+from operations import exports
+from operations.hub import customer_hub, notes_for
+from operations.support_messages import messages_for_customer, messages_for_invoice
+from webhooks.models import StripeEvent
+
+EXPORT_PERMISSION = "neruba.export_auditentry"
+
+
+# --- filters with a text or date input ---------------------------------------------------------
+
+
+class InputFilter(admin.ListFilter):
+    """A list filter that is a text (or date) box: customers and actors are too many to list
+    as links, and listing them would scan the table for distinct values."""
+
+    parameter_name = ""
+    lookup = ""
+    input_type = "text"
+    placeholder = ""
+    template = "admin/neruba/input_filter.html"
+
+    def __init__(
+        self, request: HttpRequest, params: dict[str, Any], model: Any, model_admin: Any
+    ) -> None:
+        super().__init__(request, params, model, model_admin)
+        value = params.pop(self.parameter_name, None)
+        if isinstance(value, list):
+            value = value[-1] if value else None
+        self.used_value = (value or "").strip()
+        self.other = [
+            (key, v)
+            for key, values in request.GET.lists()
+            for v in values
+            if key not in (self.parameter_name, "p")
+        ]
+
+    def has_output(self) -> bool:
+        return True
+
+    def expected_parameters(self) -> list[str]:
+        return [self.parameter_name]
+
+    def clean(self, value: str) -> Any:
+        return value
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if not self.used_value:
+            return queryset
+        try:
+            cleaned = self.clean(self.used_value)
+        except ValueError as exc:
+            raise IncorrectLookupParameters(str(exc)) from exc
+        return queryset.filter(**{self.lookup: cleaned})
+
+    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
+        yield {
+            "name": self.parameter_name,
+            "value": self.used_value,
+            "other": self.other,
+            "input_type": self.input_type,
+            "placeholder": self.placeholder,
+        }
+
+
+def input_filter(
+    title: str, parameter: str, lookup: str, placeholder: str = ""
+) -> type[InputFilter]:
+    return type(
+        f"{parameter.title().replace('_', '')}Filter",
+        (InputFilter,),
+        {"title": title, "parameter_name": parameter, "lookup": lookup, "placeholder": placeholder},
+    )
+
+
+class _DateFilter(InputFilter):
+    input_type = "date"
+    inclusive_end = False
+
+    def clean(self, value: str) -> Any:
+        day = parse_date(value)
+        if day is None:
+            raise ValueError(f"{value!r} is not a date (YYYY-MM-DD).")
+        start = timezone.make_aware(datetime.combine(day, time.min), timezone.get_fixed_timezone(0))
+        return start + timedelta(days=1) if self.inclusive_end else start
+
+
+def date_filters(field: str) -> list[type[InputFilter]]:
+    """ "From" and "until" (inclusive) days on ``field``, UTC."""
+    since = type(
+        "SinceFilter",
+        (_DateFilter,),
+        {"title": "from day", "parameter_name": "since", "lookup": f"{field}__gte"},
+    )
+    until = type(
+        "UntilFilter",
+        (_DateFilter,),
+        {
+            "title": "until day (inclusive)",
+            "parameter_name": "until",
+            "lookup": f"{field}__lt",
+            "inclusive_end": True,
+        },
+    )
+    return [since, until]
+
+
+# --- notes, explain links, replies on change pages -----------------------------------------
+
+
+def _change_url(obj: Model) -> str:
+    opts = obj._meta
+    return reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+
+
+class ConsolePageMixin:
+    """Adds the console's panels below a record's form: support notes (with the add form),
+    "Why wasn't this billed?" for events and rejections, ready-to-send replies."""
+
+    change_form_template = "operations/change_form.html"
+    notes = True
+
+    def console_context(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
+        context: dict[str, Any] = {"console_links": []}
+        if self.notes and request.user.has_perm("neruba.view_supportnote"):
+            context["notes"] = notes_for(target=obj)
+            context["can_add_note"] = request.user.has_perm("neruba.add_supportnote")
+            context["note_target"] = {
+                "content_type": ContentType.objects.get_for_model(obj).pk,
+                "object_id": obj.pk,
+                "next": _change_url(obj),
+            }
+        return context
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra_context = dict(extra_context or {})
+        obj = self.get_object(request, object_id)  # type: ignore[attr-defined]
+        if obj is not None and self.has_view_or_change_permission(request, obj):  # type: ignore[attr-defined]
+            extra_context.update(self.console_context(request, obj))
+        return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+
+
+def _explain_link(key: str) -> dict[str, str]:
+    return {
+        "label": "Why wasn't this billed?",
+        "url": reverse("explain") + "?" + urlencode({"key": key}),
+        "id": "explain-link",
+    }
+
+
+# --- guarded credit actions --------------------------------------------------------------------
+
+
+class CreditForm(forms.Form):
+    """The ledger form's fields, less the customer (the action's record) and the reason (the
+    guarded action's own)."""
+
+    amount = billing_admin.CreditIssueForm.declared_fields["amount"]
+    currency = billing_admin.CreditIssueForm.declared_fields["currency"]
+    reason_code = forms.ChoiceField(choices=ReasonCode.choices, initial=ReasonCode.GOODWILL)
+
+
+def _credit_issue(customer: Customer, actor: Any, reason: str, data: dict[str, Any]) -> None:
+    billing_services.credit_issue(
+        customer=customer,
+        amount=data["amount"],
+        currency=data.get("currency") or None,
+        reason_code=data["reason_code"],
+        actor=actor,
+        reason=reason,
+    )
+
+
+issue_credit = guarded_action(
+    name="issue_credit",
+    label="Issue a credit",
+    permission="billing.issue_credit",
+    perform=_credit_issue,
+    preview=lambda c: (
+        f"a credit entry is added to {c.external_id}'s ledger (balance now "
+        f"{credit_balances(customer=c) or {c.currency: 0}}); it is applied to the next invoice"
+    ),
+    form=CreditForm,
+    explanation="Credits are ledger entries: never edited; a mistake is corrected by another "
+    "entry. The amount is in minor units.",
+)
+
+
+class CorrectionForm(forms.Form):
+    amount = forms.IntegerField(
+        min_value=1, help_text="Minor units (cents) credited for this invoice."
+    )
+
+
+def _correction(invoice: Invoice, actor: Any, reason: str, data: dict[str, Any]) -> None:
+    credit_grant(
+        customer=invoice.customer,
+        amount=data["amount"],
+        reason_code=ReasonCode.CORRECTION,
+        actor=actor,
+        reason=reason,
+        currency=invoice.currency,
+        invoice=invoice,
+    )
+
+
+record_correction = guarded_action(
+    name="record_correction",
+    label="Record a correction (credit for this invoice)",
+    permission="billing.issue_credit",
+    perform=_correction,
+    preview=lambda inv: (
+        f"a correction credit in {inv.currency} linked to {inv.number} is added to "
+        f"{inv.customer.external_id}'s ledger; the invoice itself is not changed"
+    ),
+    eligible=lambda inv: inv.status != Invoice.Status.VOID,
+    form=CorrectionForm,
+    explanation="For a wrong amount on an invoice that should stand (e.g. paid): the "
+    "difference is credited and applied to the next invoice. To re-price the window from the "
+    "events instead, use Rerun.",
+)
+
+
+# --- CSV export --------------------------------------------------------------------------------
+
+
+class CsvExportMixin:
+    """``export.csv`` next to the changelist: the rows the current filters and search select,
+    streamed, for users with the export permission; the export itself is audited."""
+
+    csv_columns: list[tuple[str, Callable[[Any], Any]]] = []
+    change_list_template = "operations/change_list.html"
+
+    def can_export(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request) and request.user.has_perm(EXPORT_PERMISSION)  # type: ignore[attr-defined]
+
+    def get_urls(self) -> list[Any]:
+        opts = self.model._meta  # type: ignore[attr-defined]
+        return [
+            path(
+                "export.csv",
+                self.admin_site.admin_view(self.export_view),  # type: ignore[attr-defined]
+                name=f"{opts.app_label}_{opts.model_name}_export",
+            ),
+            *super().get_urls(),  # type: ignore[misc]
+        ]
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.can_export(request):
+            raise PermissionDenied(f"Exporting needs the {EXPORT_PERMISSION} permission.")
+        changelist = self.get_changelist_instance(request)  # type: ignore[attr-defined]
+        opts = self.model._meta  # type: ignore[attr-defined]
+        rows = exports.csv_export(
+            queryset=changelist.queryset,
+            columns=self.csv_columns,
+            actor=request.user,
+            label=opts.label_lower,
+            filters=request.GET.urlencode(),
+        )
+        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+        response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{opts.model_name}-{stamp}.csv"'
+        return response
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        extra_context = dict(extra_context or {})
+        if self.can_export(request):
+            opts = self.model._meta  # type: ignore[attr-defined]
+            query = request.GET.urlencode()
+            extra_context["export_url"] = reverse(
+                f"admin:{opts.app_label}_{opts.model_name}_export"
+            ) + (f"?{query}" if query else "")
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+
+# --- the customer hub --------------------------------------------------------------------------
+
+
+class CustomerHubAdmin(ConsolePageMixin, GuardedAdminMixin, neruba_admin.CustomerAdmin):
+    actions = [issue_credit]
+    object_actions = ["issue_credit"]
+
+    def console_context(self, request: HttpRequest, obj: Customer) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["hub"] = customer_hub(customer=obj)
+        context["support_messages"] = messages_for_customer(customer=obj)
+        return context
+
+
+# --- records with notes and explain links ------------------------------------------------------
+
+
+class UsageEventConsoleAdmin(ConsolePageMixin, ingest_admin.UsageEventAdmin):
+    def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["console_links"].append(_explain_link(obj.idempotency_key))
+        return context
+
+
+class IngestRejectionConsoleAdmin(ConsolePageMixin, ingest_admin.IngestRejectionAdmin):
+    notes = False
+
+    def console_context(self, request: HttpRequest, obj: IngestRejection) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        if obj.idempotency_key:
+            context["console_links"].append(_explain_link(obj.idempotency_key))
+        return context
+
+
+class StripeEventConsoleAdmin(ConsolePageMixin, webhooks_admin.StripeEventAdmin):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[StripeEvent]:
+        # The list never shows the bodies; a 200,000-row table should not ship them per page.
+        qs = super().get_queryset(request)
+        if request.resolver_match and request.resolver_match.url_name.endswith("_changelist"):
+            qs = qs.defer("raw_body", "payload", "headers")
+        return qs
+
+
+class InvoiceConsoleAdmin(ConsolePageMixin, billing_admin.InvoiceAdmin):
+    change_list_template = "operations/change_list.html"
+    actions = [*billing_admin.InvoiceAdmin.actions, record_correction]
+    object_actions = [*billing_admin.InvoiceAdmin.object_actions, "record_correction"]
+
+    def console_context(self, request: HttpRequest, obj: Invoice) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["support_messages"] = messages_for_invoice(invoice=obj)
+        context["console_links"].append(
+            {
+                "label": "Customer page",
+                "url": _change_url(obj.customer),
+                "id": "customer-link",
+            }
+        )
+        return context
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        if isinstance(response, TemplateResponse) and "cl" in (response.context_data or {}):
+            response.context_data["totals"] = invoice_totals(response.context_data["cl"].queryset)
+        return response
+
+
+def invoice_totals(queryset: QuerySet[Invoice]) -> list[dict[str, Any]]:
+    """Count and sums per status and currency of the filtered invoices, one GROUP BY."""
+    return list(
+        queryset.order_by()
+        .values("status", "currency")
+        .annotate(
+            n=Count("id"),
+            subtotal_sum=Sum("subtotal"),
+            credits_sum=Sum("credits_applied"),
+            total_sum=Sum("total"),
+        )
+        .order_by("status", "currency")
+    )
+
+
+# --- finance: ledger and audit log -------------------------------------------------------------
+
+_ledger_columns: list[tuple[str, Callable[[Any], Any]]] = [
+    ("id", lambda e: e.pk),
+    ("created_at", lambda e: e.created_at.isoformat()),
+    ("customer", lambda e: e.customer.external_id),
+    ("kind", lambda e: e.kind),
+    ("amount", lambda e: e.amount),
+    ("currency", lambda e: e.currency),
+    ("reason_code", lambda e: e.reason_code),
+    ("invoice", lambda e: e.invoice.number if e.invoice_id else ""),
+    ("actor", lambda e: e.actor.get_username() if e.actor_id else "system"),
+    ("note", lambda e: e.note),
+    ("source_key", lambda e: e.source_key or ""),
+]
+
+
+class CreditLedgerAdmin(CsvExportMixin, billing_admin.CreditEntryAdmin):
+    list_display = [*billing_admin.CreditEntryAdmin.list_display, "actor", "note"]
+    list_select_related = ["customer", "invoice", "actor"]
+    list_filter = [
+        input_filter("customer", "customer", "customer__external_id", "external id"),
+        input_filter("actor", "actor", "actor__username", "username"),
+        "kind",
+        "reason_code",
+        "currency",
+        *date_filters("created_at"),
+    ]
+    csv_columns = _ledger_columns
+
+
+_audit_columns: list[tuple[str, Callable[[Any], Any]]] = [
+    ("id", lambda a: a.pk),
+    ("created_at", lambda a: a.created_at.isoformat()),
+    ("actor", lambda a: a.actor_label),
+    ("action", lambda a: a.action),
+    ("target_type", lambda a: a.target_type),
+    ("target_id", lambda a: a.target_id),
+    ("target", lambda a: a.target_repr),
+    ("customer", lambda a: a.customer.external_id if a.customer_id else ""),
+    ("reason", lambda a: a.reason),
+    ("reason_code", lambda a: (a.after or {}).get("reason_code", "")),
+    ("request_id", lambda a: a.request_id),
+]
+
+
+class AuditLogAdmin(CsvExportMixin, neruba_admin.AuditEntryAdmin):
+    list_filter = [
+        input_filter("customer", "customer", "customer__external_id", "external id"),
+        input_filter("actor", "actor", "actor_label", "username or api_key:prefix"),
+        input_filter("action", "action", "action", "e.g. credit.grant"),
+        input_filter("reason code", "reason_code", "after__reason_code", "e.g. goodwill"),
+        "target_type",
+        *date_filters("created_at"),
+    ]
+    csv_columns = _audit_columns
+
+
+# --- drift findings ----------------------------------------------------------------------------
+
+
+def _settle_action(finding: DriftFinding) -> str:
+    """How a usage finding is settled: an unpaid (or missing) invoice is rerun, a paid one
+    gets a correction credit or a supplementary invoice."""
+    invoice = (
+        Invoice.objects.filter(window_id=finding.window_id, kind=Invoice.Kind.REGULAR)
+        .exclude(status=Invoice.Status.VOID)
+        .first()
+    )
+    return "credit" if invoice is not None and invoice.status == Invoice.Status.PAID else "rerun"
+
+
+def _drift_actions() -> list[Any]:
+    """Resolve (re-price the window) or ignore, through ``billing.drift.finding_resolve``."""
+    try:
+        from billing.drift import finding_resolve
+    except ImportError:  # the sweeps' drift module is not installed in this tree
+        return []
+
+    def resolve(finding: DriftFinding, actor: Any, reason: str, action: str) -> None:
+        finding_resolve(finding=finding, action=action, actor=actor, reason=reason, dry_run=False)
+
+    def preview(finding: DriftFinding, action: str) -> str:
+        return finding_resolve(
+            finding=finding, action=action, actor=None, reason="", dry_run=True
+        ).render()
+
+    def is_open(finding: DriftFinding) -> bool:
+        return finding.status == DriftFinding.Status.OPEN
+
+    return [
+        guarded_action(
+            name="resolve_findings",
+            label="Resolve: re-price the window (rerun or correction)",
+            permission="billing.resolve_driftfinding",
+            perform=lambda f, actor, reason: resolve(f, actor, reason, _settle_action(f)),
+            preview=lambda f: preview(f, _settle_action(f)),
+            eligible=is_open,
+            explanation="The window is re-priced from the events stored now: an unpaid invoice "
+            "is voided and superseded, a paid one gets a correction credit or a supplementary "
+            "invoice. Every open usage finding of the window closes with it.",
+        ),
+        guarded_action(
+            name="ignore_findings",
+            label="Mark ignored (accept the drift)",
+            permission="billing.resolve_driftfinding",
+            perform=lambda f, actor, reason: resolve(f, actor, reason, "ignore"),
+            preview=lambda f: preview(f, "ignore"),
+            eligible=is_open,
+            explanation="Nothing is billed or credited; the finding is closed with your reason.",
+        ),
+    ]
+
+
+class DriftFindingConsoleAdmin(GuardedAdminMixin, billing_admin.DriftFindingAdmin):
+    actions = _drift_actions()
+    object_actions = [a.__name__ for a in actions]
+
+
+# --- registration: replace the apps' admins with the console's ----------------------------------
+
+for model, model_admin in (
+    (Customer, CustomerHubAdmin),
+    (UsageEvent, UsageEventConsoleAdmin),
+    (IngestRejection, IngestRejectionConsoleAdmin),
+    (StripeEvent, StripeEventConsoleAdmin),
+    (Invoice, InvoiceConsoleAdmin),
+    (CreditEntry, CreditLedgerAdmin),
+    (AuditEntry, AuditLogAdmin),
+    (DriftFinding, DriftFindingConsoleAdmin),
+):
+    if console.is_registered(model):
+        console.unregister(model)
+    console.register(model, model_admin)

@@ -1,0 +1,296 @@
+""" "Why wasn't this billed?": the chain from an idempotency key to an invoice line.
+
+Each step says what the records show (stored or rejected, customer and metric matched, the
+subscription active at the event's timestamp, its window, the invoice and line, or the late flag
+and the drift finding it raised) and the first broken link is the answer. Reads only: every
+query is bounded by the key, the customer or the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Model, Q
+
+from billing.models import BillingWindow, DriftFinding, Invoice, Price, Subscription
+from billing.periods import period_current
+from ingest.models import IngestRejection, Metric, UsageEvent
+from ingest.selectors import event_history
+from neruba.models import Customer
+
+OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
+
+
+@dataclass
+class Step:
+    title: str
+    status: str
+    detail: str
+    record: Model | None = None
+
+
+@dataclass
+class Explanation:
+    idempotency_key: str
+    verdict: str = ""
+    billed: bool = False
+    event: UsageEvent | None = None
+    rejections: list[IngestRejection] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    def add(self, title: str, status: str, detail: str, record: Model | None = None) -> None:
+        self.steps.append(Step(title, status, detail, record))
+
+    def stop(self, verdict: str) -> Explanation:
+        self.verdict = self.verdict or verdict
+        return self
+
+
+def _at(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S} UTC" if value else "—"
+
+
+def _rejections(explanation: Explanation) -> Explanation:
+    """No stored event: the rejections say why, and whether the cause is fixed now."""
+    latest = explanation.rejections[-1]
+    for rejection in explanation.rejections:
+        explanation.add(
+            f"Rejected ({rejection.outcome}) at {_at(rejection.created_at)}",
+            FAIL,
+            f"{rejection.error_code}: {rejection.error_message} — rejection is {rejection.status}"
+            f", replayed {rejection.replay_attempts} time(s).",
+            rejection,
+        )
+    if latest.status == IngestRejection.Status.OPEN and latest.outcome == "failed":
+        customer_ok = Customer.objects.filter(external_id=latest.customer_ref).exists()
+        metric_ok = Metric.objects.filter(code=latest.metric_ref).exists()
+        explanation.add(
+            "Can it be replayed now?",
+            OK if customer_ok and metric_ok else WARN,
+            f"customer {latest.customer_ref or '(none)'} "
+            f"{'exists' if customer_ok else 'does not exist'}; metric "
+            f"{latest.metric_ref or '(none)'} {'exists' if metric_ok else 'does not exist'}. "
+            + (
+                "Replay the rejection from its page."
+                if customer_ok and metric_ok
+                else "Fix the cause first, then replay the rejection."
+            ),
+            latest,
+        )
+    return explanation.stop(
+        f"Not billed: the event was rejected ({latest.error_code}: {latest.error_message}) "
+        "and never stored."
+    )
+
+
+def _subscription_at(event: UsageEvent) -> Subscription | None:
+    return (
+        Subscription.objects.filter(customer_id=event.customer_id, started_at__lte=event.timestamp)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=event.timestamp))
+        .select_related("plan")
+        .order_by("-started_at", "-id")
+        .first()
+    )
+
+
+def _invoice_steps(
+    explanation: Explanation, event: UsageEvent, window: BillingWindow
+) -> Explanation:
+    invoice = (
+        Invoice.objects.filter(window=window, kind=Invoice.Kind.REGULAR)
+        .exclude(status=Invoice.Status.VOID)
+        .first()
+    )
+    if invoice is None:
+        explanation.add(
+            "Invoice",
+            WARN,
+            "No live invoice for this window yet; the next billing run picks it up "
+            "(every closed window with no live invoice is billed).",
+            window,
+        )
+        return explanation.stop("Not billed yet: the window has no live invoice.")
+    line = invoice.lines.filter(metric_id=event.metric_id).first()
+    counted = event.received_at <= invoice.issued_at
+    if counted and line is not None:
+        explanation.add(
+            "Invoice line",
+            OK,
+            f"Invoice {invoice.number} ({invoice.status}), line “{line.description}”: quantity "
+            f"{line.quantity.normalize()}, amount {line.amount} {invoice.currency}.",
+            invoice,
+        )
+        explanation.billed = True
+        if not event.late:
+            return explanation.stop(f"Billed on invoice {invoice.number}.")
+    elif counted:
+        explanation.add(
+            "Invoice line",
+            WARN,
+            f"Invoice {invoice.number} has no line for {event.metric.code}.",
+            invoice,
+        )
+    else:
+        explanation.add(
+            "Invoice",
+            WARN,
+            f"Invoice {invoice.number} was issued at {_at(invoice.issued_at)}, before the event "
+            f"arrived ({_at(event.received_at)}): it is not counted there.",
+            invoice,
+        )
+    if not event.late:
+        return explanation.stop(f"Invoice {invoice.number} does not include this event.")
+    explanation.add(
+        "Late",
+        WARN,
+        "The event arrived after its window was invoiced (late flag set at ingest); the drift "
+        "sweep re-checks the window and records the difference as a finding.",
+        event,
+    )
+    finding = (
+        DriftFinding.objects.filter(window=window)
+        .filter(Q(metric_id=event.metric_id) | Q(metric__isnull=True))
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if finding is None:
+        explanation.add(
+            "Drift finding",
+            INFO,
+            "No drift finding for this window and metric yet: the next drift sweep raises one.",
+            window,
+        )
+        return explanation.stop(
+            f"Late: arrived after invoice {invoice.number}; no drift finding raised yet."
+        )
+    resolution = (
+        f", {finding.resolution} by {finding.resolved_by} — {finding.resolution_reason}"
+        if finding.status != DriftFinding.Status.OPEN
+        else ""
+    )
+    explanation.add(
+        f"Drift finding #{finding.pk}",
+        WARN if finding.status == DriftFinding.Status.OPEN else OK,
+        f"{finding.status}: invoiced {finding.invoiced_quantity.normalize()} vs actual "
+        f"{finding.actual_quantity.normalize()} (delta {finding.delta_amount:+d} "
+        f"{invoice.currency}){resolution}.",
+        finding,
+    )
+    return explanation.stop(
+        f"Late: arrived after invoice {invoice.number}; drift finding #{finding.pk} is "
+        f"{finding.status}."
+    )
+
+
+def explain_key(*, idempotency_key: str) -> Explanation:
+    """The billing chain for one idempotency key; ``verdict`` is the one-line answer."""
+    explanation = Explanation(idempotency_key=idempotency_key)
+    found = event_history(idempotency_key=idempotency_key)
+    if found is None:
+        explanation.add(
+            "Received?",
+            FAIL,
+            "No stored event and no rejection has this key: the client never sent it, sent it "
+            "with another key, or its rejection was pruned by retention.",
+        )
+        return explanation.stop("Never received.")
+    explanation.rejections = list(
+        IngestRejection.objects.filter(idempotency_key=idempotency_key).order_by("created_at", "id")
+    )
+    event: UsageEvent | None = found["event"]
+    if event is None:
+        return _rejections(explanation)
+    explanation.event = event
+    how = f"replay of rejection {event.rejection_id}" if event.rejection_id else "accepted"
+    explanation.add(
+        "Stored",
+        OK,
+        f"Event {event.pk} ({how}), received {_at(event.received_at)}, timestamp "
+        f"{_at(event.timestamp)}, source {event.source}. Duplicates since: "
+        f"{event.duplicate_count}.",
+        event,
+    )
+    for rejection in explanation.rejections:
+        explanation.add(
+            f"Also seen as {rejection.outcome}",
+            INFO,
+            f"{_at(rejection.created_at)}: {rejection.error_code} — {rejection.error_message}",
+            rejection,
+        )
+    explanation.add(
+        "Customer and metric",
+        OK,
+        f"customer {event.customer.external_id}, metric {event.metric.code} "
+        f"({event.metric.aggregation}); value {event.value if event.value is not None else '—'}.",
+        event.customer,
+    )
+    subscription = _subscription_at(event)
+    if subscription is None:
+        explanation.add(
+            "Subscription",
+            FAIL,
+            f"No subscription of {event.customer.external_id} was active at "
+            f"{_at(event.timestamp)}: usage outside a subscription is never billed.",
+            event.customer,
+        )
+        return explanation.stop("Not billed: no subscription was active at the event's time.")
+    priced = Price.objects.filter(plan_id=subscription.plan_id, metric_id=event.metric_id).exists()
+    explanation.add(
+        "Subscription",
+        OK if priced else FAIL,
+        f"On plan {subscription.plan.code} since {_at(subscription.started_at)}"
+        + (f" until {_at(subscription.ended_at)}" if subscription.ended_at else "")
+        + ("" if priced else f"; the plan has no price for {event.metric.code}")
+        + ".",
+        subscription,
+    )
+    if not priced:
+        return explanation.stop(
+            f"Not billed: plan {subscription.plan.code} does not price {event.metric.code}."
+        )
+    window = BillingWindow.objects.filter(
+        subscription=subscription,
+        period_start__lte=event.timestamp,
+        period_end__gt=event.timestamp,
+    ).first()
+    if window is None:
+        bounds = period_current(
+            interval=subscription.plan.interval,
+            started_at=subscription.started_at,
+            ended_at=subscription.ended_at,
+            at=event.timestamp,
+        )
+        end = bounds[1] if bounds else None
+        explanation.add(
+            "Billing window",
+            INFO,
+            f"The window has not been opened for billing yet: it closes at {_at(end)} and is "
+            f"billed after the grace period "
+            f"({settings.NERUBA['NERUBA_BILLING_GRACE']} s).",
+            subscription,
+        )
+        return explanation.stop("Not billed yet: its billing window has not closed.")
+    explanation.add(
+        "Billing window",
+        OK if window.status == BillingWindow.Status.INVOICED else WARN,
+        f"{_at(window.period_start)} to {_at(window.period_end)}, status {window.status}"
+        + (f" (last error: {window.last_error})" if window.last_error else "")
+        + ".",
+        window,
+    )
+    return _invoice_steps(explanation, event, window)
+
+
+def explanation_dict(explanation: Explanation) -> dict[str, Any]:
+    """Plain data, for tests and any future API."""
+    return {
+        "idempotency_key": explanation.idempotency_key,
+        "verdict": explanation.verdict,
+        "billed": explanation.billed,
+        "steps": [
+            {"title": s.title, "status": s.status, "detail": s.detail} for s in explanation.steps
+        ],
+    }
