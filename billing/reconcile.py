@@ -55,7 +55,7 @@ def remote_invoice(*, provider: PaymentProvider, invoice: Invoice) -> Remote:
     """Fetches the invoice from the provider (the Stripe SDK for Stripe)."""
     if isinstance(provider, StripeProvider):
         try:
-            obj = provider.client.v1.invoices.retrieve(invoice.provider_invoice_id)
+            obj = provider.client.v1.invoices.retrieve(invoice.provider_invoice_id).to_dict()
         except stripe.InvalidRequestError as exc:
             if getattr(exc, "http_status", None) == 404:
                 return Remote(status="", missing=True)

@@ -19,6 +19,7 @@ from neruba.models import SchedulerLock
 from operations.charts import stacked_bars
 from operations.health import readiness
 from operations.runbooks import runbook_list
+from operations.sweeps import sweep_summary, sweeps_latest
 from webhooks.models import StripeEvent
 
 INGEST_OUTCOMES = ("accepted", "duplicate", "conflict", "failed", "replay")
@@ -121,6 +122,12 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
         for run in runs:
             run.console_url = _admin_url("billing_billingrun_change", run.pk)
         context["runs"] = runs
+    if user.has_perm("operations.view_sweeprun") or user.has_perm("billing.view_driftfinding"):
+        sweeps = sweeps_latest()
+        for sweep in sweeps:
+            sweep.summary = sweep_summary(sweep)
+            sweep.console_url = _admin_url("operations_sweeprun_change", sweep.pk)
+        context["sweeps"] = sweeps
     if user.has_perm("neruba.view_schedulerlock") or user.has_perm("billing.view_billingrun"):
         context["locks"] = list(SchedulerLock.objects.all()[:10])
         context["now"] = now
