@@ -1,0 +1,243 @@
+"""The console in a real browser (Playwright driving the system Chromium), logged in through the
+login form as each role. Screenshots go to test-artifacts/console/."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, Permission
+from django.utils import timezone
+
+from billing import services as billing_services
+from billing.periods import period_floor
+from ingest.models import IngestRejection, UsageEvent
+from ingest.services import events_ingest
+from neruba.models import AuditEntry, Customer
+from operations.roles import ROLES
+from tests import factories
+from tests.conftest import CHROMIUM
+from webhooks.models import StripeEvent
+from webhooks.samples import event_body, stripe_event, stripe_object
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls made here between
+# page steps are plain synchronous calls, so Django's async guard is switched off for them.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
+PASSWORD = "pw-Neruba-123"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def roles(transactional_db: None) -> None:
+    """A transactional test starts from a flushed database: the role groups the migration made
+    are gone, so they are made again from the same declaration."""
+    for name, role in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        perms = []
+        for dotted in role["permissions"]:
+            app_label, codename = dotted.split(".", 1)
+            perms.append(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        group.permissions.set(perms)
+
+
+@pytest.fixture
+def page(browser: Any, live_server: Any, roles: None) -> Iterator[Any]:
+    context = browser.new_context(
+        base_url=live_server.url, viewport={"width": 1400, "height": 1000}
+    )
+    context.set_default_timeout(10_000)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def login(page: Any, role: str) -> None:
+    user = factories.console_user(role, password=PASSWORD)
+    page.goto("/admin/login/?next=/admin/")
+    page.fill("#id_username", user.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#neruba-dashboard")
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def confirm(page: Any, reason: str) -> str:
+    """Fills the guarded action's reason, confirms, and returns the message shown."""
+    page.fill("#id_reason", reason)
+    page.click("#confirm-action")
+    return page.inner_text(".messagelist")
+
+
+def _item(key: str, customer: str, at: Any) -> dict[str, Any]:
+    return {
+        "idempotency_key": key,
+        "customer": customer,
+        "metric": "api_calls",
+        "timestamp": at.isoformat(),
+        "properties": {},
+    }
+
+
+def test_support_replays_a_rejection_after_creating_the_missing_customer(page: Any) -> None:
+    factories.catalog()
+    now = timezone.now()
+    (result,) = events_ingest(
+        payloads=[_item("br-globex-1", "globex", now - timedelta(hours=1))], api_key=None
+    ).results
+    assert result["outcome"] == "failed"
+    login(page, "Support")
+    page.goto("/admin/neruba/customer/add/")
+    page.fill("#id_external_id", "globex")
+    page.fill("#id_name", "Globex")
+    page.fill("#id_email", "ops@globex.example")
+    page.click("input[name=_save]")
+    assert "was added successfully" in page.inner_text(".messagelist")
+    globex = Customer.objects.get(external_id="globex")
+    page.goto(f"/admin/neruba/customer/{globex.pk}/change/")
+    page.click("#hub-rejections a:has-text('br-globex-1')")
+    page.click("a.guarded-object-action:has-text('Replay')")
+    assert "would be stored" in page.inner_text(".guarded-preview")
+    shot(page, "support-replay-confirm")
+    message = confirm(page, "Customer globex created; replaying its usage")
+    shot(page, "support-replay-done")
+    assert "Replay: 1 done, 0 skipped, 0 failed." in message
+    assert IngestRejection.objects.get().status == "replayed"
+    assert UsageEvent.objects.get(idempotency_key="br-globex-1").customer == globex
+
+
+def test_finance_issues_a_credit_and_sees_it_in_the_ledger_and_the_audit_log(page: Any) -> None:
+    acme = factories.catalog()["customer"]
+    login(page, "Finance")
+    page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
+    page.click("a.guarded-object-action:has-text('Issue a credit')")
+    page.fill("#id_amount", "1500")
+    page.select_option("#id_reason_code", "goodwill")
+    shot(page, "finance-credit-confirm")
+    assert "Issue a credit: 1 done" in confirm(page, "API outage on the 3rd, agreed with the CFO")
+    page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
+    assert "15.00 USD" in page.inner_text("#hub-balance")
+    page.goto("/admin/billing/creditentry/?customer=acme")
+    assert "API outage on the 3rd" in page.inner_text("#result_list")
+    shot(page, "finance-ledger")
+    page.goto("/admin/neruba/auditentry/?action=credit.grant")
+    row = page.inner_text("#result_list")
+    assert "finance-user" in row and "API outage on the 3rd" in row
+    shot(page, "finance-audit")
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    csv_text = Path(download.value.path()).read_text()
+    assert "credit.grant" in csv_text and "API outage on the 3rd" in csv_text
+    assert AuditEntry.objects.filter(action="export.csv", actor_label="finance-user").exists()
+
+
+def _dead_event(customer: Customer) -> StripeEvent:
+    payload = stripe_event(
+        stripe_object("customer", id="cus_browser", email="new@acme.example"),
+        type="customer.updated",
+        id="evt_browser_dead",
+    )
+    return StripeEvent.objects.create(
+        stripe_id=payload["id"],
+        type=payload["type"],
+        created=timezone.now(),
+        raw_body=event_body(payload),
+        payload=payload,
+        object_id="cus_browser",
+        customer=customer,
+        status="dead",
+        attempts=8,
+        last_error="handler crashed (fixed since)",
+    )
+
+
+def test_operations_replays_a_dead_webhook_event(page: Any) -> None:
+    acme = factories.catalog()["customer"]
+    event = _dead_event(acme)
+    login(page, "Operations")
+    page.goto("/admin/webhooks/stripeevent/?status__exact=dead")
+    page.click("#result_list tr:has-text('evt_browser_dead') th a")
+    page.click("a.guarded-object-action:has-text('Replay Stripe events')")
+    assert "status now" in page.inner_text(".guarded-preview")
+    message = confirm(page, "Handler fixed in 1.4.2")
+    shot(page, "operations-webhook-replay")
+    assert "Replay Stripe events: 1 done, 0 skipped, 0 failed." in message
+    event.refresh_from_db()
+    assert event.status != "dead"
+    assert AuditEntry.objects.filter(actor_label="operations-user", reason="Handler fixed in 1.4.2")
+
+
+def test_support_is_refused_the_webhook_replay_and_the_credit(page: Any) -> None:
+    acme = factories.catalog()["customer"]
+    event = _dead_event(acme)
+    login(page, "Support")
+    page.goto(f"/admin/webhooks/stripeevent/{event.pk}/change/")
+    assert page.locator("a.guarded-object-action").count() == 0
+    response = page.goto(f"/admin/webhooks/stripeevent/{event.pk}/action/replay_events/")
+    assert response.status == 403
+    shot(page, "support-refused-replay")
+    page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
+    assert page.locator("a.guarded-object-action").count() == 0
+    response = page.goto(f"/admin/neruba/customer/{acme.pk}/action/issue_credit/")
+    assert response.status == 403
+    event.refresh_from_db()
+    assert event.status == "dead"
+    assert not AuditEntry.objects.filter(actor_label="support-user").exists()
+
+
+def test_the_explainer_answers_for_a_late_event(page: Any) -> None:
+    catalog = factories.catalog()
+    now = timezone.now()
+    today = period_floor(interval="day", at=now)
+    daily = factories.PlanFactory(code="daily", interval="day", base_amount=0)
+    factories.PriceFactory(plan=daily, metric=catalog["metrics"]["api_calls"])
+    initech = factories.CustomerFactory(external_id="initech", name="Initech")
+    factories.SubscriptionFactory(
+        customer=initech, plan=daily, started_at=today - timedelta(days=3)
+    )
+    billing_services.billing_scan(trigger="command", as_of=now)
+    (result,) = events_ingest(
+        payloads=[_item("br-late-1", "initech", now - timedelta(days=2))], api_key=None
+    ).results
+    assert result["outcome"] == "accepted"
+    event = UsageEvent.objects.get(idempotency_key="br-late-1")
+    assert event.late
+    login(page, "Support")
+    page.goto(f"/admin/ingest/usageevent/{event.pk}/change/")
+    page.click("#explain-link")
+    verdict = page.inner_text("#verdict")
+    shot(page, "explainer-late-event")
+    assert verdict.startswith("Late: arrived after invoice")
+    assert "Late" in page.inner_text("#explain-steps")
