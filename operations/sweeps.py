@@ -151,8 +151,10 @@ def sweep_run(
     since: datetime | None = None,
     full: bool = False,
     provider: PaymentProvider | None = None,
+    on_running: Callable[[SweepRun], None] | None = None,
 ) -> SweepRun:
-    """Runs one sweep and records it.
+    """Runs one sweep and records it. ``on_running`` is called once the lease is taken and the
+    run recorded (progress output; process tests pause there).
 
     1. Take the lease ``sweep:<name>`` (not on a dry run); if it is held, record ``lock_held``.
     2. Record the run as ``running``, call the app's sweep with the lease.
@@ -179,6 +181,8 @@ def sweep_run(
         provider=provider,
     )
     try:
+        if on_running is not None:
+            on_running(run)
         counts = sweep.run(ctx)
         run.counts = {**counts, "seconds": round(time.monotonic() - clock, 3)}
         run.findings = int(counts.get("findings", 0))
