@@ -61,7 +61,12 @@ def add_arguments(parser: CommandParser) -> None:
 
 def _bodies(prefix: str, stripe_customer: str, n: int) -> list[tuple[str, bytes]]:
     created = int(time.time())
-    templates = {name: stripe_object(name, customer=stripe_customer) for name, _ in KINDS}
+    templates = {
+        name: stripe_object(name)
+        if name == "customer"
+        else stripe_object(name, customer=stripe_customer)
+        for name, _ in KINDS
+    }
     out = []
     for i in range(n):
         name, type_ = KINDS[i % len(KINDS)]
@@ -177,6 +182,24 @@ def _http_client(
     queue.put((latencies, results))
 
 
+def _healthz_client(share: tuple[int, float, int], go: Any, queue: Any) -> None:
+    port, seconds, count = share
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.connect()
+    latencies: list[float] = []
+    go.wait()
+    deadline = time.perf_counter() + seconds
+    for _ in range(count):
+        if time.perf_counter() > deadline:
+            break
+        t0 = time.perf_counter()
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        latencies.append(time.perf_counter() - t0)
+    conn.close()
+    queue.put(latencies)
+
+
 def _http_phase(
     port: int, secret: str, seconds: float, bodies: list[tuple[str, bytes]], clients: int
 ) -> tuple[float, list[float], dict[str, int]]:
@@ -225,6 +248,13 @@ def run(command: BaseCommand, **options: Any) -> bool:
         warm = _bodies(f"{prefix}w", customer.stripe_customer_id, 20 * options["workers"])
         _http_phase(port, secret, seconds, warm, clients)
 
+        # The same stack answering GET /healthz: the ceiling this machine gives any request.
+        ceiling_s, ceiling = _run_clients(
+            _healthz_client, [(port, seconds, n // clients)] * clients
+        )
+        ceiling_lat = [x for r in ceiling for x in r]
+        ceiling_rate = len(ceiling_lat) / ceiling_s
+
         # 5. Signed deliveries.
         out.write(f"(b) signed deliveries through POST /webhooks/stripe, {clients} clients …")
         http_s, http_lat, http_out = _http_phase(port, secret, seconds, bodies, clients)
@@ -263,6 +293,8 @@ def run(command: BaseCommand, **options: Any) -> bool:
         f"{'phase':<36}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}",
         f"{'(a) raw INSERT (one per event)':<36}{raw_rate:>10.0f}{ms(raw_lat, 0.5):>9}"
         f"{ms(raw_lat, 0.99):>9}",
+        f"{'(0) GET /healthz (stack ceiling)':<36}{ceiling_rate:>10.0f}{ms(ceiling_lat, 0.5):>9}"
+        f"{ms(ceiling_lat, 0.99):>9}",
         f"{'(b) verify + store over HTTP':<36}{http_rate:>10.0f}{ms(http_lat, 0.5):>9}"
         f"{ms(http_lat, 0.99):>9}   {http_out}, {stored} rows",
         f"{'(c) redeliveries (duplicates)':<36}{dup_rate:>10.0f}{ms(dup_lat, 0.5):>9}"
@@ -270,6 +302,8 @@ def run(command: BaseCommand, **options: Any) -> bool:
         "",
         f"verify + store: {http_rate:.0f} events/s = {http_rate / raw_rate:.2f} x raw INSERT  "
         f"(target >= {TARGET_EVENTS_PER_SECOND} events/s)  {'MET' if ok else 'MISSED'}",
+        f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        "(other processes on these cores lower every figure)",
         f"cleaned up {removed} stored events, the scratch table and the customer",
     ]
     out.write("\n".join(lines))

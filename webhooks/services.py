@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from billing.payments import invoice_for_provider
 from neruba import audit, context
@@ -183,7 +184,16 @@ def event_links_resolve(*, event: StripeEvent) -> None:
 def _enqueue(event_id: int) -> None:
     from webhooks import tasks  # tasks import this module
 
-    tasks.process_event.delay(event_id)
+    try:
+        # No publish retries: with the broker down the request would hang for seconds, and
+        # the event is already stored, so the retry beat picks it up after RECEIVED_GRACE.
+        tasks.process_event.apply_async((event_id,), retry=False)
+    except (KombuOperationalError, OSError):
+        logger.warning(
+            "could not enqueue stored stripe event %s; the retry beat will process it",
+            event_id,
+            exc_info=True,
+        )
 
 
 def event_receive(

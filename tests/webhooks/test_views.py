@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -144,9 +146,6 @@ def test_an_oversize_body_is_rejected_before_it_is_read(deliver: Any, settings: 
 )
 def test_a_signed_body_that_is_not_a_stripe_event_is_rejected(deliver: Any, raw: bytes) -> None:
     timestamp = int(time.time())
-    import hashlib
-    import hmac
-
     # The SDK signs text; for the non-UTF-8 body the HMAC is made over the bytes directly.
     mac = hmac.new(SECRET.encode(), f"{timestamp}.".encode() + raw, hashlib.sha256).hexdigest()
     signature = sign(raw, SECRET, timestamp) if raw.isascii() else f"t={timestamp},v1={mac}"
@@ -225,3 +224,23 @@ def test_secrets_never_reach_the_logs(deliver: Any, caplog: Any) -> None:
     invoice = make_invoice()
     deliver(*invoice_event(invoice, type="invoice.paid"))
     assert SECRET not in caplog.text and "whsec_wrong_one" not in caplog.text
+
+
+@pytest.mark.django_db
+def test_a_broker_outage_does_not_fail_the_receipt(deliver: Any) -> None:
+    from neruba.celery import app
+
+    # A real (unreachable) broker instead of eager execution: publishing fails at once.
+    saved = {key: app.conf[key] for key in ("task_always_eager", "broker_url")}
+    app.conf.update(task_always_eager=False, broker_url="redis://127.0.0.1:9/0")
+    app._pool = None
+    try:
+        body, signature = delivery(stripe_object("customer"), type="customer.updated", id="evt_nb")
+        response = deliver(body, signature)
+    finally:
+        app.pool.force_close_all()
+        app.conf.update(saved)
+        app._pool = None
+    assert response.status_code == 200
+    # Stored, and left for the retry beat.
+    assert StripeEvent.objects.get(stripe_id="evt_nb").status == StripeEvent.Status.RECEIVED
