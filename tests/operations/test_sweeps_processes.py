@@ -27,8 +27,10 @@ from billing.models import BillingRun, Invoice
 from neruba.models import AuditEntry
 from operations.models import SweepRun
 from operations.sweeps import sweep_run
-from tests import factories, processes
-from tests.billing.helpers import add_events
+from tests import processes
+
+# The billing process tests' helpers: the same subscriptions and the same hanging scan.
+from tests.billing.test_runs_processes import _scan_then_hang, _subscriptions, _wait_for
 from tests.webhooks.helpers import invoice_event, make_invoice
 from webhooks import tasks as webhook_tasks
 from webhooks.models import EventAttempt, StripeEvent
@@ -37,13 +39,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 AS_OF = datetime(2026, 3, 1, 2, tzinfo=UTC)
-
-
-def _wait_for(path: Path, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
 
 
 def _sweep_paused(name: str, ready: str, go: str) -> str:
@@ -79,32 +74,10 @@ def test_two_sweeps_started_at_once_run_once_and_the_second_records_lock_held(
     assert set(results) <= {"succeeded", "lock_held"} and "succeeded" in results
 
 
-def _subscriptions(catalog: dict[str, Any], count: int) -> None:
-    for n in range(count):
-        customer = factories.CustomerFactory(external_id=f"kill-{n}")
-        factories.SubscriptionFactory(customer=customer, plan=catalog["plan"], started_at=JAN)
-        add_events(
-            customer=customer,
-            metric=catalog["metrics"]["api_calls"],
-            timestamps=[JAN + timedelta(days=d, hours=n) for d in range(0, 50, 3)],
-        )
-
-
-def _scan_then_hang(as_of: str, ready: str, after: int) -> None:
-    def progress(run: BillingRun) -> None:
-        if run.invoiced >= after:
-            Path(ready).write_text(str(run.pk))
-            signal.pause()  # wait here to be killed
-
-    services.billing_scan(
-        trigger="beat", as_of=datetime.fromisoformat(as_of), batch_size=1, on_progress=progress
-    )
-
-
 def test_a_billing_worker_killed_mid_run_is_abandoned_by_one_sweep_and_billed_by_the_next_scan(
     catalog: dict[str, Any], tmp_path: Path
 ) -> None:
-    _subscriptions(catalog, 6)
+    _subscriptions(catalog, 6, "kill")
     clean = services.billing_scan(trigger="command", as_of=AS_OF, dry_run=True)
     ready = tmp_path / "ready"
     proc, _ = processes.start(_scan_then_hang, AS_OF.isoformat(), str(ready), 4)
