@@ -159,6 +159,18 @@ def _result(item: Item, outcome: str, event_id: int | None, error: Any = None) -
     return result
 
 
+def _cursor() -> Any:
+    """On PostgreSQL a server-side-binding psycopg cursor on Django's connection (same
+    transaction): Django's default client-side binding renders every parameter into the SQL
+    text in Python, which costs more than the round trip for a single event."""
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
 def _insert_batch_and_events(
     batch_values: Sequence[Any], rows: list[tuple[Any, ...]]
 ) -> tuple[int, dict[str, int]]:
@@ -180,7 +192,7 @@ def _insert_batch_and_events(
     head = f"INSERT INTO {UsageEvent._meta.db_table} ({','.join(_COLUMNS)}) VALUES "  # noqa: S608
     tail = " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
     stored: dict[str, int] = {}
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         if postgres and 0 < len(rows) <= _CHUNK:
             one = "(" + ",".join(marks) + ",(SELECT id FROM b))"  # noqa: S608
             values = ",".join([one] * len(rows))
@@ -188,7 +200,10 @@ def _insert_batch_and_events(
                 f"WITH b AS ({batch_sql} RETURNING id), ins AS ({head}{values}{tail}) "  # noqa: S608
                 "SELECT id, idempotency_key FROM ins UNION ALL SELECT id, NULL FROM b"
             )
-            cursor.execute(sql, [*batch_values, *(value for row in rows for value in row)])
+            # Prepared per connection: a single event's statement is the same text every time.
+            cursor.execute(
+                sql, [*batch_values, *(value for row in rows for value in row)], prepare=True
+            )
             batch_id = 0
             for pk, key in cursor.fetchall():
                 if key is None:
@@ -284,8 +299,6 @@ def events_ingest(
     )
 
     counts = dict.fromkeys(Outcome.values, 0)
-    results: list[dict[str, Any]] = []
-    rejections: list[IngestRejection] = []
     # When every item is a candidate the batch row is written with its final counts unless
     # some key turns out to be taken; then the counts are corrected below.
     predicted = dict(counts)
@@ -302,92 +315,136 @@ def events_ingest(
         *predicted.values(),
         (time.perf_counter() - started) * 1000,
     ]
-    with transaction.atomic():
-        rows = [row for _, (_, row) in sorted(candidates.items())]
+    rows = [row for _, (_, row) in sorted(candidates.items())]
+    # Fast path: on PostgreSQL outside a caller's transaction, a batch that is all new, valid
+    # keys is one autocommitted statement (batch row and events together). A single statement
+    # is atomic, so claim and store still cannot come apart, and BEGIN and COMMIT round trips
+    # are saved. Anything else (a taken key, a failure) is settled in one transaction after.
+    fast = (
+        connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and replay_of is None
+        and len(candidates) == len(items)
+        and 0 < len(rows) <= _CHUNK
+    )
+    if fast:
         batch_id, inserted = _insert_batch_and_events(batch_values, rows)
-        batch = IngestBatch(pk=batch_id, received_at=now)
-
-        # Every other hashed item with a key meets the row that holds its key: ours from this
-        # batch, or one stored earlier (by another request, possibly a moment ago).
-        known: dict[str, tuple[int, str]] = {
-            key: (inserted[key], candidates[key][0].payload_hash) for key in inserted
-        }
-        wanted = {
-            it.key
-            for it in items
-            if it.key is not None and it.payload_hash and it.key not in inserted
-        }
-        if wanted:
-            known.update(
-                (key, (pk, digest))
-                for pk, key, digest in UsageEvent.objects.filter(
-                    idempotency_key__in=wanted
-                ).values_list("id", "idempotency_key", "payload_hash")
+        if len(inserted) == len(items):
+            results = [_result(item, stored_outcome, inserted[item.key]) for item in items]  # type: ignore[index]
+            _observe(len(items), predicted, results, time.perf_counter() - started)
+            return IngestResult(batch_id=batch_id, counts=predicted, results=results)
+        with transaction.atomic():
+            counts, results = _settle(
+                items, candidates, inserted, batch_id, now, prefix, stored_outcome, replay_of
             )
-
-        duplicates: Counter[int] = Counter()
-        conflicts: list[tuple[Item, int]] = []
-        for item in items:
-            key = item.key
-            if key is not None and key in inserted and candidates[key][0] is item:
-                counts[stored_outcome] += 1
-                results.append(_result(item, stored_outcome, inserted[key]))
-                continue
-            stored = known.get(key) if (key is not None and item.payload_hash) else None
-            if stored is not None:
-                if stored[1] == item.payload_hash:
-                    counts[Outcome.DUPLICATE] += 1
-                    duplicates[stored[0]] += 1
-                    results.append(_result(item, Outcome.DUPLICATE, stored[0]))
-                else:
-                    conflicts.append((item, stored[0]))
-                    results.append({})  # filled in once the originals are read
-                continue
-            if item.error is None:
-                # Valid, not inserted, and no row holds the key: a concurrent writer claimed it
-                # and rolled back after our INSERT looked. Rare; the client should retry.
-                item.fail("retry", "The key was being written concurrently; retry the item.")
-            counts[Outcome.FAILED] += 1
-            results.append(_result(item, Outcome.FAILED, None, item.error))
-            rejections.append(_rejection(item, batch, prefix, Outcome.FAILED))
-
-        if duplicates:
-            _count_duplicates(duplicates, now)
-        if conflicts:
-            originals = {
-                row[0]: row
-                for row in UsageEvent.objects.filter(
-                    id__in={pk for _, pk in conflicts}
-                ).values_list(
-                    "id", "customer__external_id", "metric__code", "timestamp", "properties"
-                )
-            }
-            positions = [i for i, r in enumerate(results) if not r]
-            for position, (item, original_id) in zip(positions, conflicts, strict=True):
-                differing = _differing_fields(item, originals[original_id])
-                error = (
-                    "conflict",
-                    f"The key is already stored with a different payload (event {original_id}).",
-                    {"original_event_id": original_id, "differing_fields": differing},
-                )
-                item.error = error
-                counts[Outcome.CONFLICT] += 1
-                results[position] = _result(item, Outcome.CONFLICT, original_id, error)
-                rejection = _rejection(item, batch, prefix, Outcome.CONFLICT)
-                rejection.original_event_id = original_id
-                rejection.differing_fields = differing
-                rejections.append(rejection)
-
-        if replay_of is not None:
-            rejections = []  # the replayed rejection is updated by rejection_replay instead
-        elif rejections:
-            IngestRejection.objects.bulk_create(rejections)
-        if counts != predicted:
-            duration_ms = (time.perf_counter() - started) * 1000
-            IngestBatch.objects.filter(pk=batch_id).update(duration_ms=duration_ms, **counts)
+            if counts != predicted:
+                _batch_counts(batch_id, counts, started)
+    else:
+        with transaction.atomic():
+            batch_id, inserted = _insert_batch_and_events(batch_values, rows)
+            counts, results = _settle(
+                items, candidates, inserted, batch_id, now, prefix, stored_outcome, replay_of
+            )
+            if counts != predicted:
+                _batch_counts(batch_id, counts, started)
 
     _observe(len(items), counts, results, time.perf_counter() - started)
     return IngestResult(batch_id=batch_id, counts=counts, results=results)
+
+
+def _batch_counts(batch_id: int, counts: dict[str, int], started: float) -> None:
+    duration_ms = (time.perf_counter() - started) * 1000
+    IngestBatch.objects.filter(pk=batch_id).update(duration_ms=duration_ms, **counts)
+
+
+def _settle(
+    items: list[Item],
+    candidates: dict[str, tuple[Item, tuple[Any, ...]]],
+    inserted: dict[str, int],
+    batch_id: int,
+    now: datetime,
+    prefix: str,
+    stored_outcome: str,
+    replay_of: IngestRejection | None,
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Outcome of every item once the INSERT ran, with the writes that follow from it: the
+    duplicate counters, the rejections. Runs inside the caller's transaction."""
+    counts = dict.fromkeys(Outcome.values, 0)
+    results: list[dict[str, Any]] = []
+    rejections: list[IngestRejection] = []
+    batch = IngestBatch(pk=batch_id, received_at=now)
+    # Every other hashed item with a key meets the row that holds its key: ours from this
+    # batch, or one stored earlier (by another request, possibly a moment ago).
+    known: dict[str, tuple[int, str]] = {
+        key: (inserted[key], candidates[key][0].payload_hash) for key in inserted
+    }
+    wanted = {
+        it.key for it in items if it.key is not None and it.payload_hash and it.key not in inserted
+    }
+    if wanted:
+        known.update(
+            (key, (pk, digest))
+            for pk, key, digest in UsageEvent.objects.filter(
+                idempotency_key__in=wanted
+            ).values_list("id", "idempotency_key", "payload_hash")
+        )
+
+    duplicates: Counter[int] = Counter()
+    conflicts: list[tuple[Item, int]] = []
+    for item in items:
+        key = item.key
+        if key is not None and key in inserted and candidates[key][0] is item:
+            counts[stored_outcome] += 1
+            results.append(_result(item, stored_outcome, inserted[key]))
+            continue
+        stored = known.get(key) if (key is not None and item.payload_hash) else None
+        if stored is not None:
+            if stored[1] == item.payload_hash:
+                counts[Outcome.DUPLICATE] += 1
+                duplicates[stored[0]] += 1
+                results.append(_result(item, Outcome.DUPLICATE, stored[0]))
+            else:
+                conflicts.append((item, stored[0]))
+                results.append({})  # filled in once the originals are read
+            continue
+        if item.error is None:
+            # Valid, not inserted, and no row holds the key: a concurrent writer claimed it
+            # and rolled back after our INSERT looked. Rare; the client should retry.
+            item.fail("retry", "The key was being written concurrently; retry the item.")
+        counts[Outcome.FAILED] += 1
+        results.append(_result(item, Outcome.FAILED, None, item.error))
+        rejections.append(_rejection(item, batch, prefix, Outcome.FAILED))
+
+    if duplicates:
+        _count_duplicates(duplicates, now)
+    if conflicts:
+        originals = {
+            row[0]: row
+            for row in UsageEvent.objects.filter(id__in={pk for _, pk in conflicts}).values_list(
+                "id", "customer__external_id", "metric__code", "timestamp", "properties"
+            )
+        }
+        positions = [i for i, r in enumerate(results) if not r]
+        for position, (item, original_id) in zip(positions, conflicts, strict=True):
+            differing = _differing_fields(item, originals[original_id])
+            error = (
+                "conflict",
+                f"The key is already stored with a different payload (event {original_id}).",
+                {"original_event_id": original_id, "differing_fields": differing},
+            )
+            item.error = error
+            counts[Outcome.CONFLICT] += 1
+            results[position] = _result(item, Outcome.CONFLICT, original_id, error)
+            rejection = _rejection(item, batch, prefix, Outcome.CONFLICT)
+            rejection.original_event_id = original_id
+            rejection.differing_fields = differing
+            rejections.append(rejection)
+
+    if replay_of is not None:
+        rejections = []  # the replayed rejection is updated by rejection_replay instead
+    elif rejections:
+        IngestRejection.objects.bulk_create(rejections)
+    return counts, results
 
 
 def _marks(n: int) -> str:
@@ -417,7 +474,7 @@ def _lookup(
         params.extend(metric_refs)
     if not parts:
         return customers, metrics
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(" UNION ALL ".join(parts), params)
         rows = cursor.fetchall()
     for kind, ref, pk, through, aggregation, field in rows:

@@ -43,10 +43,11 @@ def _one_client(raw_key: str, client: int, stamp: str, out: list[Any]) -> None:
     try:
         http = Client(HTTP_AUTHORIZATION=f"Api-Key {raw_key}")
         rng = random.Random(client)
-        for _ in range(BATCHES_PER_CLIENT):
+        for n in range(BATCHES_PER_CLIENT):
             keys = rng.sample(range(KEYS), BATCH_SIZE - 1)
             events = [payload(f"shared-{k}", client, stamp) for k in keys]
-            events.append({**payload("shared-0", client, stamp), "customer": "nobody"})
+            if n == 0:  # later batches are all valid: the one-statement path when keys are new
+                events.append({**payload("shared-0", client, stamp), "customer": "nobody"})
             response = http.post(
                 "/api/v1/events", json.dumps({"events": events}), content_type="application/json"
             )
@@ -95,7 +96,8 @@ def test_fifty_concurrent_clients_with_overlapping_batches_store_each_key_exactl
     errors = [body for status, _, body in responses if status == 0]
     assert not errors, errors[0]
     assert len(responses) == PROCESSES * CLIENTS_PER_PROCESS * BATCHES_PER_CLIENT
-    assert {status for status, _, _ in responses} == {200}, "no 500s, no whole-batch failures"
+    bad = [body for status, _, body in responses if status != 200]
+    assert not bad, f"no 500s, no whole-batch failures: {bad[:2]}"
     accepted: dict[str, int] = {}
     for _, size, body in responses:
         assert sum(body["counts"].values()) == size == len(body["results"])
