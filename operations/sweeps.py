@@ -88,6 +88,15 @@ def _reconciliation(ctx: SweepContext) -> dict[str, Any]:
     )
 
 
+def _retention(ctx: SweepContext) -> dict[str, Any]:
+    """Ingest's retention, and the sweeps' own run records past the same retention."""
+    counts = ingest_sweeps.retention_sweep(lease=ctx.lease, now=ctx.now, dry_run=ctx.dry_run)
+    cutoff = ctx.now - timedelta(seconds=settings.NERUBA["NERUBA_INGEST_RETENTION"])
+    old = SweepRun.objects.filter(started_at__lt=cutoff)
+    counts["sweep_runs"] = old.count() if ctx.dry_run else old.delete()[0]
+    return counts
+
+
 SWEEPS: dict[str, Sweep] = {
     sweep.name: sweep
     for sweep in (
@@ -129,10 +138,8 @@ SWEEPS: dict[str, Sweep] = {
         ),
         Sweep(
             "retention",
-            "Ingest batches and rejections past NERUBA_INGEST_RETENTION are pruned.",
-            lambda ctx: ingest_sweeps.retention_sweep(
-                lease=ctx.lease, now=ctx.now, dry_run=ctx.dry_run
-            ),
+            "Ingest batches, rejections and sweep runs past NERUBA_INGEST_RETENTION are pruned.",
+            _retention,
             "NERUBA_SWEEP_RETENTION_INTERVAL",
         ),
     )

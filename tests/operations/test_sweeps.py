@@ -162,8 +162,10 @@ def test_retention_prunes_batches_and_rejections_past_retention_only() -> None:
     IngestRejection.objects.create(
         outcome="failed", error_code="x", error_message="x", raw_payload={}, created_at=old
     )
+    ancient = SweepRun.objects.create(sweep="outbox", trigger="beat", started_at=old)
     run = sweep_run(name="retention", trigger="command")
-    assert (run.counts["batches"], run.counts["rejections"]) == (1, 1)
+    assert (run.counts["batches"], run.counts["rejections"], run.counts["sweep_runs"]) == (1, 1, 1)
+    assert not SweepRun.objects.filter(pk=ancient.pk).exists()
     assert IngestBatch.objects.count() == 1 and not IngestRejection.objects.exists()
 
 
