@@ -181,3 +181,19 @@ class StripeEventAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="raw body (exact bytes signed)")
     def raw_body_text(self, obj: StripeEvent) -> SafeString:
         return _pre(bytes(obj.raw_body).decode("utf-8", errors="replace"))
+
+
+@admin.register(EventAttempt, site=console)
+class EventAttemptAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["started_at", "event", "trigger", "outcome", "actor", "finished_at", "error"]
+    list_filter = ["trigger", "outcome", "started_at"]
+    search_fields = ["=event__stripe_id"]
+    list_select_related = ["event", "actor"]
+    raw_id_fields = ["event", "actor"]
+    show_full_result_count = False
+    readonly_fields = ["tb"]
+    exclude = ["traceback"]
+
+    @admin.display(description="traceback")
+    def tb(self, obj: EventAttempt) -> SafeString | str:
+        return _pre(obj.traceback) if obj.traceback else "—"

@@ -149,3 +149,15 @@ def test_events_are_read_only_in_the_console(deliver: Any) -> None:
     client.post(change_url(event), {"status": "processed"})
     event.refresh_from_db()
     assert event.status == StripeEvent.Status.FAILED
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ["Support", "Finance", "Operations"])
+def test_attempts_with_tracebacks_are_listed_for_every_role(deliver: Any, role: str) -> None:
+    mismatched_invoice_event(deliver)
+    attempt = StripeEvent.objects.get().event_attempts.get()
+    client = logged_in(role)
+    listing = client.get(reverse("admin:webhooks_eventattempt_changelist"))
+    assert listing.status_code == 200 and "StripeCustomerMismatch" in listing.content.decode()
+    page = client.get(reverse("admin:webhooks_eventattempt_change", args=[attempt.pk]))
+    assert "Traceback" in page.content.decode()
