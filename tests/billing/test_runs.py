@@ -161,3 +161,16 @@ def test_billing_advances_the_ingest_watermark_forward_only_for_many_customers(
     services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=2))
     marks = dict(InvoicedWatermark.objects.values_list("customer__external_id", "invoiced_through"))
     assert marks == {"acme": FEB, "wm-0": FEB, "wm-1": FEB, "wm-2": FEB, "wm-ahead": MAR}
+
+
+def test_the_beat_task_runs_a_scan_named_by_string(catalog: dict[str, Any]) -> None:
+    from billing import tasks
+    from neruba.celery import _beat_schedule
+
+    entry = _beat_schedule()["billing-scan"]
+    assert entry["task"] == "billing.scan" == tasks.billing_scan.name
+    assert entry["schedule"] == 60.0
+    with time_machine.travel(MAR + timedelta(hours=2), tick=False):
+        tasks.billing_scan.delay()
+    run = BillingRun.objects.get()
+    assert (run.trigger, run.status, run.invoiced) == ("beat", "succeeded", 2)
