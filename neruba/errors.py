@@ -149,3 +149,9 @@ def handler500(request: HttpRequest) -> JsonResponse:
     from django.views.defaults import server_error
 
     return server_error(request)  # type: ignore[return-value]
+
+
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    """Unknown API paths answer the error envelope even with DEBUG on (Django's technical 404
+    page would be HTML)."""
+    return json_error(request, "not_found", "No such API endpoint.", 404)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
 from neruba.admin_site import console
+from neruba.errors import api_not_found
 from operations import views as ops_views
 from operations.metrics import metrics_view
 
@@ -16,6 +17,8 @@ api_v1 = [
     path("", include("neruba.api_urls")),
     path("", include("ingest.urls")),
     path("", include("billing.urls")),
+    # Last: any other /api/v1/ path answers the JSON error envelope, DEBUG or not.
+    re_path(r"^.*$", api_not_found),
 ]
 
 urlpatterns = [

@@ -71,3 +71,11 @@ def test_a_malformed_request_id_header_is_replaced(api: Callable[..., APIClient]
     assert response.status_code == 200
     assert response["X-Request-ID"] != "bad id\nwith newline"
     assert len(response["X-Request-ID"]) == 32
+
+
+@pytest.mark.django_db
+@override_settings(DEBUG=True)
+def test_an_unknown_api_path_answers_the_json_envelope_even_with_debug_on(client) -> None:
+    response = client.get("/api/v1/no-such-thing")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
