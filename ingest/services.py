@@ -224,6 +224,26 @@ def _insert_batch_and_events(
     return batch_id, stored
 
 
+def _stored_rows(keys: set[str]) -> list[tuple[int, str, str]]:
+    """(id, key, payload hash) of the stored events among ``keys``. A fresh statement, so in
+    READ COMMITTED it sees keys a concurrent request committed while our INSERT waited."""
+    table = UsageEvent._meta.db_table
+    with _cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"SELECT id, idempotency_key, payload_hash FROM {table} "  # noqa: S608
+                "WHERE idempotency_key = ANY(%s)",
+                [list(keys)],
+            )
+        else:
+            cursor.execute(
+                f"SELECT id, idempotency_key, payload_hash FROM {table} "  # noqa: S608
+                f"WHERE idempotency_key IN ({_marks(len(keys))})",
+                list(keys),
+            )
+        return cursor.fetchall()
+
+
 def _count_duplicates(hits: Counter[int], now: datetime) -> None:
     """Bumps ``duplicate_count`` on the originals. Rows are locked in id order so concurrent
     batches hitting the same originals queue instead of deadlocking."""
@@ -232,7 +252,7 @@ def _count_duplicates(hits: Counter[int], now: datetime) -> None:
         by_times.setdefault(times, []).append(event_id)
     table = UsageEvent._meta.db_table
     postgres = connection.vendor == "postgresql"
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         for times, ids in sorted(by_times.items()):
             ids.sort()
             if postgres:
@@ -382,12 +402,7 @@ def _settle(
         it.key for it in items if it.key is not None and it.payload_hash and it.key not in inserted
     }
     if wanted:
-        known.update(
-            (key, (pk, digest))
-            for pk, key, digest in UsageEvent.objects.filter(
-                idempotency_key__in=wanted
-            ).values_list("id", "idempotency_key", "payload_hash")
-        )
+        known.update((key, (pk, digest)) for pk, key, digest in _stored_rows(wanted))
 
     duplicates: Counter[int] = Counter()
     conflicts: list[tuple[Item, int]] = []
