@@ -318,6 +318,19 @@ def _claim(*, event: StripeEvent, trigger: str, now: datetime) -> bool:
     return claimed == 1
 
 
+class ClaimLost(Exception):
+    """This processor's claim lapsed and another one took the event over."""
+
+
+def _ours(event: StripeEvent) -> Any:
+    """The event row while this processor still holds the claim. ``attempts`` is incremented by
+    every claim, so it is a fencing token: a processor that stalled past its lease (and was
+    taken over by the retry beat) can no longer write the event's outcome."""
+    return StripeEvent.objects.filter(
+        pk=event.pk, status=Status.PROCESSING, attempts=event.attempts
+    )
+
+
 def event_process(
     *, event: StripeEvent, trigger: str, actor: audit.Actor = None, reason: str = ""
 ) -> EventAttempt | None:
@@ -348,13 +361,17 @@ def event_process(
                     links["invoice"] = result.invoice
                 if result.customer is not None and event.customer_id is None:
                     links["customer"] = result.customer
-                StripeEvent.objects.filter(pk=event.pk).update(
+                if not _ours(event).update(
                     status=status,
                     last_error="",
                     next_attempt_at=None,
                     processed_at=finished,
                     **links,
-                )
+                ):
+                    raise ClaimLost(
+                        f"the claim lapsed and attempt {event.attempts} was taken over; "
+                        "this attempt's changes were rolled back"
+                    )
                 attempt.outcome, attempt.finished_at = result.outcome, finished
                 attempt.notes = "\n".join(result.notes)
                 attempt.save(update_fields=["outcome", "finished_at", "notes"])
@@ -389,7 +406,7 @@ def _record_failure(
     dead = event.attempts >= settings.NERUBA["STRIPE_WEBHOOK_MAX_ATTEMPTS"]
     status = Status.DEAD if dead else Status.FAILED
     with transaction.atomic():
-        StripeEvent.objects.filter(pk=event.pk).update(
+        taken_over = not _ours(event).update(
             status=status,
             last_error=error,
             next_attempt_at=None if dead else now + backoff(event.attempts),
@@ -397,6 +414,9 @@ def _record_failure(
         attempt.outcome, attempt.finished_at = "failed", now
         attempt.error, attempt.traceback = error, trace
         attempt.save(update_fields=["outcome", "finished_at", "error", "traceback"])
+        if taken_over:
+            # The processor that took over owns the event's status now.
+            return Status.PROCESSING
         if dead:
             audit.record(
                 actor=None,

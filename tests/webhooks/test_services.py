@@ -142,3 +142,29 @@ def test_a_dry_run_changes_nothing(deliver: Any, client: Any) -> None:
     assert invoice.status == Invoice.Status.FINALIZED
     assert event.status == StripeEvent.Status.RECEIVED and event.attempts == 0
     assert AuditEntry.objects.count() == audits
+
+
+@pytest.mark.django_db
+def test_a_processor_whose_claim_was_taken_over_cannot_write_the_outcome(client: Any) -> None:
+    from tests.webhooks.helpers import post
+
+    invoice = make_invoice()
+    post(client, *invoice_event(invoice, type="invoice.paid"))
+    event = StripeEvent.objects.get()
+    now = timezone.now()
+    # A processor claims the event, then stalls past its lease.
+    assert services._claim(event=event, trigger="http", now=now)
+    stalled = StripeEvent.objects.get(pk=event.pk)
+    stalled_attempt = EventAttempt.objects.create(event=stalled, trigger="http")
+    with time_machine.travel(now + services.PROCESSING_LEASE + timedelta(seconds=1)):
+        taken_over = services.event_process(event=event, trigger="retry")
+    assert taken_over is not None and taken_over.outcome == "processed"
+
+    # The stalled processor wakes up and fails: the event keeps the new processor's outcome.
+    assert not services._ours(stalled).exists()
+    services._record_failure(
+        event=stalled, attempt=stalled_attempt, exc=RuntimeError("late"), trace=""
+    )
+    event.refresh_from_db()
+    assert event.status == StripeEvent.Status.PROCESSED and event.attempts == 2
+    assert event.last_error == ""
