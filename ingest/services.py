@@ -117,7 +117,7 @@ _BATCH_COLUMNS = (
     *Outcome.values,
     "duration_ms",
 )
-# Rows per INSERT statement: well under SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+# Rows per INSERT statement on SQLite: well under its 32,766 parameters.
 _CHUNK = 1000
 
 
@@ -171,6 +171,33 @@ def _cursor() -> Any:
     return psycopg.Cursor(connection.connection)
 
 
+# PostgreSQL: one array parameter per varying column. The statement text stays short and the
+# same whatever the batch size, so psycopg neither re-parses ~14,000 placeholders per batch nor
+# fails to reuse the prepared statement. unnest() keeps the rows in the order given.
+_PG_EVENTS = (
+    "INSERT INTO {table} (idempotency_key, customer_id, metric_id, timestamp, value, "
+    "distinct_value, properties, payload_hash, late, received_at, source, rejection_id, "
+    "duplicate_count, batch_id) "
+    "SELECT u.k, u.c, u.m, u.t, u.v, u.d, u.p::jsonb, u.h, u.l, "
+    "%s::timestamptz, %s::varchar, %s::bigint, 0, {batch} "
+    "FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::numeric[], "
+    "%s::varchar[], %s::text[], %s::varchar[], %s::bool[]) AS u(k, c, m, t, v, d, p, h, l) "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+)
+
+
+def _pg_event_params(rows: list[tuple[Any, ...]]) -> list[Any]:
+    columns = list(zip(*rows, strict=True))
+    first = rows[0]
+    # received_at, source and rejection are the same for every row of a batch.
+    return [
+        first[8],
+        first[9],
+        first[11],
+        *(list(columns[i]) for i in (0, 1, 2, 3, 4, 5, 6, 7, 10)),
+    ]
+
+
 def _insert_batch_and_events(
     batch_values: Sequence[Any], rows: list[tuple[Any, ...]]
 ) -> tuple[int, dict[str, int]]:
@@ -178,32 +205,29 @@ def _insert_batch_and_events(
     the events: claiming a key and storing its event are the same write, so a failed
     transaction leaves no key behind. Returns the batch id and the ids of the keys stored.
 
-    On PostgreSQL a batch that fits one statement goes out as one data-modifying CTE (batch row
-    and events together), which saves a round trip per request; single events are round-trip
-    bound. Rows arrive sorted by key: two concurrent batches with overlapping keys wait on each
-    other's keys in the same order and cannot deadlock."""
-    postgres = connection.vendor == "postgresql"
-    marks = ["%s::jsonb" if c == "properties" and postgres else "%s" for c in _COLUMNS[:-1]]
+    On PostgreSQL the batch row and the events go out as one data-modifying CTE, which saves
+    a round trip per request (single events are round-trip bound). Rows arrive sorted by key:
+    two concurrent batches with overlapping keys wait on each other's keys in the same order
+    and cannot deadlock."""
     # Table and column names are ours, never input; only values travel as parameters.
     batch_sql = (
         f"INSERT INTO {IngestBatch._meta.db_table} ({','.join(_BATCH_COLUMNS)}) "  # noqa: S608
         f"VALUES ({','.join(['%s'] * len(_BATCH_COLUMNS))})"
     )
-    head = f"INSERT INTO {UsageEvent._meta.db_table} ({','.join(_COLUMNS)}) VALUES "  # noqa: S608
-    tail = " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
     stored: dict[str, int] = {}
-    with _cursor() as cursor:
-        if postgres and 0 < len(rows) <= _CHUNK:
-            one = "(" + ",".join(marks) + ",(SELECT id FROM b))"  # noqa: S608
-            values = ",".join([one] * len(rows))
+    if connection.vendor == "postgresql":
+        with _cursor() as cursor:
+            if not rows:
+                cursor.execute(batch_sql + " RETURNING id", list(batch_values))
+                return int(cursor.fetchone()[0]), stored
+            events_sql = _PG_EVENTS.format(
+                table=UsageEvent._meta.db_table, batch="(SELECT id FROM b)"
+            )
             sql = (
-                f"WITH b AS ({batch_sql} RETURNING id), ins AS ({head}{values}{tail}) "  # noqa: S608
+                f"WITH b AS ({batch_sql} RETURNING id), ins AS ({events_sql}) "  # noqa: S608
                 "SELECT id, idempotency_key FROM ins UNION ALL SELECT id, NULL FROM b"
             )
-            # Prepared per connection: a single event's statement is the same text every time.
-            cursor.execute(
-                sql, [*batch_values, *(value for row in rows for value in row)], prepare=True
-            )
+            cursor.execute(sql, [*batch_values, *_pg_event_params(rows)], prepare=True)
             batch_id = 0
             for pk, key in cursor.fetchall():
                 if key is None:
@@ -211,9 +235,14 @@ def _insert_batch_and_events(
                 else:
                     stored[key] = pk
             return batch_id, stored
+
+    marks = ",".join(["%s"] * (len(_COLUMNS) - 1))
+    head = f"INSERT INTO {UsageEvent._meta.db_table} ({','.join(_COLUMNS)}) VALUES "  # noqa: S608
+    tail = " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+    with connection.cursor() as cursor:
         cursor.execute(batch_sql + " RETURNING id", list(batch_values))
         batch_id = int(cursor.fetchone()[0])
-        one = "(" + ",".join(marks) + f",{batch_id})"
+        one = f"({marks},{batch_id})"
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             cursor.execute(
@@ -345,7 +374,7 @@ def events_ingest(
         and not connection.in_atomic_block
         and replay_of is None
         and len(candidates) == len(items)
-        and 0 < len(rows) <= _CHUNK
+        and len(rows) > 0
     )
     if fast:
         batch_id, inserted = _insert_batch_and_events(batch_values, rows)
