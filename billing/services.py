@@ -261,9 +261,13 @@ def _live_invoice(window_ref: Any) -> Exists:
 
 def windows_due(*, cutoff: datetime) -> QuerySet[BillingWindow]:
     """Closed windows past the grace period with no live invoice, oldest first. This, not
-    "what is due today", is what makes catch-up after downtime complete."""
+    "what is due today", is what makes catch-up after downtime complete.
+
+    A window marked invoiced whose invoice was later voided outside a rerun (in Stripe, by a
+    webhook) is not billed again by the scheduler: that takes an explicit rerun."""
     return (
         BillingWindow.objects.filter(period_end__lte=cutoff)
+        .exclude(status=BillingWindow.Status.INVOICED)
         .exclude(_live_invoice(OuterRef("pk")))
         .select_related("subscription")
         .order_by("period_end", "id")

@@ -175,3 +175,16 @@ def test_run_billing_prints_the_summary_and_fails_when_a_window_fails(
     )
     with pytest.raises(CommandError, match="failed"):
         call_command("run_billing", "--at", "2026-03-01T02:00:00", stdout=StringIO())
+
+
+def test_a_window_whose_invoice_was_voided_outside_a_rerun_is_billed_only_by_a_rerun(
+    catalog: dict[str, Any], january: Invoice
+) -> None:
+    Invoice.objects.filter(pk=january.pk).update(status="void")  # as a Stripe void webhook would
+    again = services.billing_scan(trigger="beat", as_of=FEB_BILLED + timedelta(hours=1))
+    assert again.scanned == 0
+    result = services.invoice_rerun(
+        window=january.window, actor=None, reason="re-issue", dry_run=False
+    )
+    assert result.action == "invoice" and result.applied
+    assert Invoice.objects.exclude(status="void").get().window == january.window
