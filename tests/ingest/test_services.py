@@ -251,3 +251,29 @@ def test_prune_deletes_batches_and_rejections_past_retention_and_keeps_events(
     assert IngestBatch.objects.count() == 1
     assert UsageEvent.objects.filter(idempotency_key="old").exists()
     assert ingest_prune(now=NOW + timedelta(days=31)) == {"batches": 0, "rejections": 0}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_one_statement_path_answers_like_the_transactional_one(
+    ingest_client: APIClient,
+) -> None:
+    """Outside a transaction on PostgreSQL, all-new batches are one autocommitted statement;
+    a taken key falls back to settling in a transaction. The answers are the same."""
+    url = "/api/v1/events"
+    single = ingest_client.post(url, json.dumps(event("k-1")), content_type="application/json")
+    assert single.status_code == 201
+    again = ingest_client.post(url, json.dumps(event("k-1")), content_type="application/json")
+    assert again.status_code == 200 and again.json()["event_id"] == single.json()["event_id"]
+    clash = event("k-1", metric="storage_gb", properties={"gb": 1})
+    conflict = ingest_client.post(url, json.dumps(clash), content_type="application/json")
+    assert conflict.status_code == 409
+    batch = {"events": [event("k-2"), event("k-3"), event("k-1")]}
+    body = ingest_client.post(url, json.dumps(batch), content_type="application/json").json()
+    assert [r["outcome"] for r in body["results"]] == ["accepted", "accepted", "duplicate"]
+    counts = list(
+        IngestBatch.objects.order_by("id").values_list("accepted", "duplicate", "conflict")
+    )
+    assert counts == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (2, 1, 0)]
+    assert UsageEvent.objects.get(idempotency_key="k-1").duplicate_count == 2
+    assert IngestRejection.objects.get().outcome == "conflict"
