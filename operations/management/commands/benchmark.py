@@ -1,4 +1,4 @@
-"""``manage.py benchmark {ingest,billing,webhooks}``: ratios against a raw-database baseline
+"""``manage.py benchmark {ingest,billing,webhooks,drift}``: ratios against a raw-database baseline
 measured in the same run, so an operator can size a deployment on their own hardware.
 
 Each app owns its benchmark in ``<app>/benchmark.py`` as ``add_arguments(parser)`` and
@@ -15,6 +15,7 @@ SUITES = {
     "ingest": "ingest.benchmark",
     "billing": "billing.benchmark",
     "webhooks": "webhooks.benchmark",
+    "drift": "billing.benchmark_drift",
 }
 
 
