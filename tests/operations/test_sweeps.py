@@ -269,3 +269,45 @@ def test_the_console_home_shows_the_last_run_of_each_sweep(
     support = Client()
     support.force_login(console_user("Support"))
     assert 'id="panel-sweeps"' in support.get("/admin/").content.decode()
+
+
+def test_a_sweep_that_lost_its_lease_writes_nothing(
+    invoiced: Invoice, catalog: dict[str, Any]
+) -> None:
+    from billing.drift import usage_drift_sweep
+    from billing.models import DriftFinding
+
+    add_events(
+        customer=catalog["customer"],
+        metric=catalog["metrics"]["api_calls"],
+        timestamps=[datetime(2026, 1, 4, tzinfo=UTC)],
+    )
+    lease = locks.lock_acquire(name=lock_name("usage_drift"), holder="paused-sweeper")
+    assert lease is not None
+    with time_machine.travel(timezone.now() + timedelta(minutes=5), tick=True):
+        taker = locks.lock_acquire(name=lock_name("usage_drift"), holder="next-sweeper")
+        assert taker is not None and taker.token == lease.token + 1
+        with pytest.raises(locks.LockLost):
+            usage_drift_sweep(lease=lease, since=None)
+    assert not DriftFinding.objects.exists()
+    assert usage_drift_sweep(lease=taker, since=None)["findings"] == 1
+
+
+def test_new_findings_are_counted_in_the_sweep_findings_metric(
+    invoiced: Invoice, catalog: dict[str, Any]
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def findings() -> float:
+        value = REGISTRY.get_sample_value("neruba_sweep_findings_total", {"sweep": "usage_drift"})
+        return value or 0.0
+
+    before = findings()
+    add_events(
+        customer=catalog["customer"],
+        metric=catalog["metrics"]["api_calls"],
+        timestamps=[datetime(2026, 1, 4, tzinfo=UTC)],
+    )
+    assert sweep_run(name="usage_drift", trigger="beat").findings == 1
+    assert sweep_run(name="usage_drift", trigger="beat", full=True).findings == 0
+    assert findings() - before == 1
