@@ -20,7 +20,6 @@ finding accepted (the invoice's lines are history and never change).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -261,7 +260,8 @@ def usage_drift_sweep(
         lease_renew(lease)
         drifts, checked = _drifts(invoices)
         counts["windows"] += len(invoices)
-        with nullcontext() if dry_run else fenced(lease):
+        # A dry run reads in a transaction too: the open findings are read FOR UPDATE.
+        with transaction.atomic() if dry_run else fenced(lease):
             _record(
                 invoices=invoices,
                 drifts=drifts,
@@ -337,6 +337,11 @@ def _check_action(finding: DriftFinding, action: str, invoice: Invoice | None) -
         )
     if invoice is None:
         return  # never billed: the rerun bills the window
+    if invoice.status == Invoice.Status.UNCOLLECTIBLE:
+        raise ResolutionInvalid(
+            "An uncollectible invoice is settled: ignore the finding with a reason.",
+            details={"invoice": invoice.number, "status": invoice.status},
+        )
     if action == "rerun" and invoice.status not in UNPAID:
         raise ResolutionInvalid(
             "Only an unpaid invoice is rerun; a paid one gets a credit or a supplementary "

@@ -28,6 +28,7 @@ from neruba.models import AuditEntry
 from operations.models import SweepRun
 from operations.sweeps import sweep_run
 from tests import processes
+from tests.billing.helpers import add_events
 
 # The billing process tests' helpers: the same subscriptions and the same hanging scan.
 from tests.billing.test_runs_processes import _scan_then_hang, _subscriptions, _wait_for
@@ -192,3 +193,27 @@ def _purge(queue: str) -> None:
 
     with app.connection_for_write() as conn:
         conn.default_channel.queue_purge(queue)
+
+
+def test_every_sweep_runs_in_autocommit_as_the_command_runs_it(catalog: dict[str, Any]) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    add_events(
+        customer=catalog["customer"],
+        metric=catalog["metrics"]["api_calls"],
+        timestamps=[JAN + timedelta(days=2)] * 3,
+    )
+    with time_machine.travel(datetime(2026, 2, 3, tzinfo=UTC), tick=True):
+        services.billing_scan(trigger="command")
+        add_events(
+            customer=catalog["customer"],
+            metric=catalog["metrics"]["api_calls"],
+            timestamps=[JAN + timedelta(days=3)],
+        )
+        dry, real = StringIO(), StringIO()
+        call_command("sweep", "--dry-run", stdout=dry)
+        call_command("sweep", stdout=real)
+    assert "6 ok, 0 failed, 1 new finding(s) (dry run)" in dry.getvalue()
+    assert "6 ok, 0 failed, 1 new finding(s)" in real.getvalue()
