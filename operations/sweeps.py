@@ -14,6 +14,7 @@ and the console all call ``sweep_run``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class SweepContext:
     since: datetime | None = None
     full: bool = False
     provider: PaymentProvider | None = None
+    on_progress: Callable[[dict[str, int]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,21 @@ def _drift_since(ctx: SweepContext) -> datetime | None:
 
 def _usage_drift(ctx: SweepContext) -> dict[str, Any]:
     return billing_sweeps.usage_drift_sweep(
-        lease=ctx.lease, now=ctx.now, since=_drift_since(ctx), dry_run=ctx.dry_run
+        lease=ctx.lease,
+        now=ctx.now,
+        since=_drift_since(ctx),
+        dry_run=ctx.dry_run,
+        on_progress=ctx.on_progress,
     )
 
 
 def _reconciliation(ctx: SweepContext) -> dict[str, Any]:
     return billing_sweeps.reconciliation_sweep(
-        lease=ctx.lease, now=ctx.now, dry_run=ctx.dry_run, provider=ctx.provider
+        lease=ctx.lease,
+        now=ctx.now,
+        dry_run=ctx.dry_run,
+        provider=ctx.provider,
+        on_progress=ctx.on_progress,
     )
 
 
@@ -159,9 +169,11 @@ def sweep_run(
     full: bool = False,
     provider: PaymentProvider | None = None,
     on_running: Callable[[SweepRun], None] | None = None,
+    on_progress: Callable[[dict[str, int]], None] | None = None,
 ) -> SweepRun:
     """Runs one sweep and records it. ``on_running`` is called once the lease is taken and the
-    run recorded (progress output; process tests pause there).
+    run recorded (process tests pause there); long sweeps report counts to ``on_progress``
+    after each chunk.
 
     1. Take the lease ``sweep:<name>`` (not on a dry run); if it is held, record ``lock_held``.
     2. Record the run as ``running``, call the app's sweep with the lease.
@@ -186,6 +198,7 @@ def sweep_run(
         since=since,
         full=full,
         provider=provider,
+        on_progress=on_progress,
     )
     try:
         if on_running is not None:
@@ -218,13 +231,24 @@ def sweeps_run(
     full: bool = False,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[SweepRun], None] | None = None,
+    on_progress: Callable[[str, dict[str, int]], None] | None = None,
 ) -> list[SweepRun]:
     """Runs the named sweeps (all, in registry order, by default) one after the other."""
     runs = []
     for name in names or list(SWEEPS):
         if on_start is not None:
             on_start(name)
-        run = sweep_run(name=name, trigger=trigger, dry_run=dry_run, since=since, full=full)
+        progress = None
+        if on_progress is not None:
+            progress = functools.partial(on_progress, name)
+        run = sweep_run(
+            name=name,
+            trigger=trigger,
+            dry_run=dry_run,
+            since=since,
+            full=full,
+            on_progress=progress,
+        )
         runs.append(run)
         if on_done is not None:
             on_done(run)

@@ -57,6 +57,9 @@ class Command(BaseCommand):
             full=options["full"],
             on_start=lambda name: self.stdout.write(f"sweep {name}: {SWEEPS[name].description}"),
             on_done=lambda run: self.stdout.write(sweep_summary(run)),
+            on_progress=lambda name, counts: self.stdout.write(
+                f"  {name}: " + " ".join(f"{k}={v}" for k, v in counts.items())
+            ),
         )
         failed = [run.sweep for run in runs if run.status == SweepRun.Status.FAILED]
         findings = sum(run.findings for run in runs)
