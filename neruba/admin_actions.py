@@ -12,10 +12,12 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.core.paginator import Paginator
+from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.functional import cached_property
 
 from neruba.errors import NerubaError
 
@@ -227,6 +229,39 @@ class GuardedAdminMixin:
         if obj is not None:
             extra_context["object_action_buttons"] = self.object_action_buttons(request, obj)
         return super().change_view(request, object_id, form_url, extra_context)  # type: ignore[misc]
+
+
+COUNT_CAP = 10_000
+
+
+class CappedCountPaginator(Paginator):
+    """Counts at most ``COUNT_CAP`` rows: a full ``COUNT(*)`` over millions of rows would cost
+    more than the page itself. Past the cap the last page shown is the cap's. The count drops
+    the list's ordering: any ``COUNT_CAP`` matching rows will do, and sorting them would not."""
+
+    @cached_property
+    def count(self) -> int:
+        return self.object_list.order_by()[: COUNT_CAP + 1].count()  # type: ignore[union-attr]
+
+
+class ExactSearchMixin:
+    """Search by exact, case-sensitive value on indexed columns. Django's ``=field`` search is
+    ``iexact`` (``UPPER(col) = UPPER(term)``), which no plain index serves: over millions of
+    rows it is a full scan. Each field here is matched with ``=`` and the matches are OR-ed, so
+    PostgreSQL combines the columns' indexes."""
+
+    exact_search_fields: Sequence[str] = ()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if not term or not self.exact_search_fields:
+            return super().get_search_results(request, queryset, search_term)  # type: ignore[misc]
+        match = Q()
+        for name in self.exact_search_fields:
+            match |= Q(**{name: term})
+        return queryset.filter(match), False
 
 
 class ReadOnlyAdminMixin:

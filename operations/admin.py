@@ -12,7 +12,7 @@ app; nothing imports operations).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -38,12 +38,18 @@ from billing.ledger import credit_grant
 from billing.models import CreditEntry, DriftFinding, Invoice, ReasonCode
 from billing.selectors import credit_balances
 from ingest.models import IngestRejection, UsageEvent
-from neruba.admin_actions import GuardedAdminMixin, guarded_action
+from neruba.admin_actions import (
+    CappedCountPaginator,
+    ExactSearchMixin,
+    GuardedAdminMixin,
+    guarded_action,
+)
 from neruba.admin_site import console
 from neruba.models import AuditEntry, Customer
 from operations import exports
 from operations.hub import customer_hub, notes_for
 from operations.support_messages import messages_for_customer, messages_for_invoice
+from webhooks.handlers import HANDLERS
 from webhooks.models import StripeEvent
 
 EXPORT_PERMISSION = "neruba.export_auditentry"
@@ -340,15 +346,59 @@ class CustomerHubAdmin(ConsolePageMixin, GuardedAdminMixin, neruba_admin.Custome
 # --- records with notes and explain links ------------------------------------------------------
 
 
-class UsageEventConsoleAdmin(ConsolePageMixin, ingest_admin.UsageEventAdmin):
+class ChoicesFilter(admin.SimpleListFilter):
+    """Links for a fixed list of values: the list filter Django builds for a plain column
+    (``SELECT DISTINCT``) scans the whole table on every page."""
+
+    values: Sequence[str] = ()
+    lookup = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(v, v) for v in self.values]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(**{self.lookup: value}) if value else queryset
+
+
+def choices_filter(title: str, field: str, values: Sequence[str]) -> type[ChoicesFilter]:
+    return type(
+        f"{field.title()}ChoicesFilter",
+        (ChoicesFilter,),
+        {"title": title, "parameter_name": field, "lookup": field, "values": tuple(values)},
+    )
+
+
+# Sources the ingest path writes (the API, operator replays, the demo seed).
+EVENT_SOURCES = ("api", "replay", "demo")
+
+
+class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.UsageEventAdmin):
+    list_filter = ["late", choices_filter("source", "source", EVENT_SOURCES), "metric"]
+    exact_search_fields = ["idempotency_key"]
+    paginator = CappedCountPaginator
+
     def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
         context = super().console_context(request, obj)
         context["console_links"].append(_explain_link(obj.idempotency_key))
         return context
 
 
-class IngestRejectionConsoleAdmin(ConsolePageMixin, ingest_admin.IngestRejectionAdmin):
+class IngestRejectionConsoleAdmin(
+    ConsolePageMixin, ExactSearchMixin, ingest_admin.IngestRejectionAdmin
+):
     notes = False
+    list_filter = [
+        "outcome",
+        "status",
+        input_filter("error code", "error_code", "error_code", "e.g. unknown_customer"),
+        input_filter("customer", "customer_ref", "customer_ref", "external id as sent"),
+        input_filter("metric", "metric_ref", "metric_ref", "metric code as sent"),
+        input_filter("API key", "api_key_prefix", "api_key_prefix", "key prefix"),
+        "created_at",
+    ]
+    exact_search_fields = ["idempotency_key", "customer_ref", "metric_ref"]
+    paginator = CappedCountPaginator
 
     def console_context(self, request: HttpRequest, obj: IngestRejection) -> dict[str, Any]:
         context = super().console_context(request, obj)
@@ -357,7 +407,16 @@ class IngestRejectionConsoleAdmin(ConsolePageMixin, ingest_admin.IngestRejection
         return context
 
 
-class StripeEventConsoleAdmin(ConsolePageMixin, webhooks_admin.StripeEventAdmin):
+class StripeEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, webhooks_admin.StripeEventAdmin):
+    list_filter = [
+        "status",
+        choices_filter("type", "type", sorted(HANDLERS)),
+        "livemode",
+        "received_at",
+    ]
+    exact_search_fields = ["stripe_id", "object_id"]
+    paginator = CappedCountPaginator
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[StripeEvent]:
         # The list never shows the bodies; a 200,000-row table should not ship them per page.
         qs = super().get_queryset(request)

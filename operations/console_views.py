@@ -17,6 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
+from billing.selectors import usage_current
 from neruba.admin_site import console
 from neruba.models import Customer
 from neruba.services import note_add as note_add_service
@@ -96,3 +97,14 @@ def note_add(request: HttpRequest) -> HttpResponse:
     )
     messages.success(request, "Note added.")
     return HttpResponseRedirect(next_url)
+
+
+@staff_member_required
+def customer_usage(request: HttpRequest, pk: int) -> HttpResponse:
+    """The customer page's "usage so far" panel: billing's ``usage_current`` (the selector behind
+    ``GET /api/v1/customers/{id}/usage``), rendered as a fragment."""
+    if not request.user.has_perm("neruba.view_customer"):
+        raise PermissionDenied("Viewing customers needs the neruba.view_customer permission.")
+    customer = get_object_or_404(Customer, pk=pk)
+    context = {"customer": customer, "usage": usage_current(customer=customer)}
+    return TemplateResponse(request, "operations/_customer_usage.html", context)

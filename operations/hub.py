@@ -2,7 +2,10 @@
 
 Each list is the newest ``limit`` rows through an index on the customer (or its external id for
 ingest rejections, which may name a customer that does not exist yet) and links to the full,
-filtered list; nothing counts a big table.
+filtered list; nothing counts a big table. The one panel whose cost grows with the customer's
+traffic, usage so far in the open window (an aggregate over every event in it), is billing's
+``usage_current`` served as its own fragment (``customer_usage``), so a big customer's page
+does not wait for it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db.models import Model
 
 from billing.models import CreditEntry, Dispute, Invoice, Refund, Subscription
-from billing.selectors import CurrentUsage, credit_balances, usage_current
+from billing.selectors import credit_balances
 from ingest.models import IngestRejection, UsageEvent
 from neruba.models import AuditEntry, Customer, SupportNote
 from webhooks.models import StripeEvent
@@ -42,7 +45,6 @@ class Section:
 @dataclass
 class CustomerHub:
     customer: Customer
-    usage: list[CurrentUsage]
     balances: dict[str, int]
     sections: dict[str, Section] = field(default_factory=dict)
 
@@ -56,7 +58,6 @@ def customer_hub(*, customer: Customer, limit: int = LIMIT) -> CustomerHub:
     by_pk = f"?customer__id__exact={customer.pk}"
     hub = CustomerHub(
         customer=customer,
-        usage=usage_current(customer=customer),
         balances=credit_balances(customer=customer),
     )
     specs: list[tuple[str, str, Any, tuple[str, str] | None]] = [

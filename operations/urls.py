@@ -9,4 +9,5 @@ urlpatterns = [
     path("runbooks/<slug:slug>", console_views.runbook_detail, name="runbook"),
     path("explain/", console_views.explain, name="explain"),
     path("notes/add/", console_views.note_add, name="note-add"),
+    path("customers/<int:pk>/usage/", console_views.customer_usage, name="customer-usage"),
 ]

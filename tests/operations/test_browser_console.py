@@ -149,6 +149,8 @@ def test_finance_issues_a_credit_and_sees_it_in_the_ledger_and_the_audit_log(pag
     assert "Issue a credit: 1 done" in confirm(page, "API outage on the 3rd, agreed with the CFO")
     page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
     assert "15.00 USD" in page.inner_text("#hub-balance")
+    page.wait_for_selector("#usage-so-far")  # the usage panel fills itself in
+    assert "Amount so far (pro)" in page.inner_text("#hub-usage")
     page.goto("/admin/billing/creditentry/?customer=acme")
     assert "API outage on the 3rd" in page.inner_text("#result_list")
     shot(page, "finance-ledger")

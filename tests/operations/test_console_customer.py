@@ -88,8 +88,27 @@ def test_the_customer_page_shows_every_part_of_the_customers_history(
     assert "re_1" in html and "dp_1" in html and "evt_hub" in html
     assert "k-bad" in html and "unknown_metric" in html
     assert "2.50 USD" in html  # the credit balance
-    assert "Amount so far" in html
+    assert f"/console/customers/{history['customer'].pk}/usage/" in html
     assert "credit.grant" in html
+
+
+def test_the_usage_panel_shows_the_open_windows_quantities_and_amount_so_far(
+    catalog: dict[str, Any], console_user: Any
+) -> None:
+    url = f"/console/customers/{catalog['customer'].pk}/usage/"
+    now = timezone.now()
+    catalog["subscription"].started_at = now - timedelta(days=40)
+    catalog["subscription"].save()
+    ingest(*(call(f"now-{n}", at=now - timedelta(minutes=5)) for n in range(4)))
+    html = client_for(console_user, "Operations").get(url).content.decode()
+    # Base fee 10.00 plus 4 calls at 0.5 cents each, rounded half-even on the line.
+    assert "Amount so far (pro)" in html and "10.02 USD" in html
+    from django.contrib.auth.models import User
+
+    bare = User.objects.create_user("bare", password="x-Password-1", is_staff=True)
+    client = Client()
+    client.force_login(bare)
+    assert client.get(url).status_code == 403
 
 
 def test_the_customer_page_runs_a_bounded_number_of_queries_however_long_the_history(

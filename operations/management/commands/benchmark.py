@@ -1,5 +1,6 @@
-"""``manage.py benchmark {ingest,billing,webhooks,drift}``: ratios against a raw-database baseline
-measured in the same run, so an operator can size a deployment on their own hardware.
+"""``manage.py benchmark {ingest,billing,webhooks,console,drift}``: ratios against a
+raw-database baseline measured in the same run, so an operator can size a deployment on their
+own hardware.
 
 Each app owns its benchmark in ``<app>/benchmark.py`` as ``add_arguments(parser)`` and
 ``run(command, **options) -> bool`` (False when a target was missed)."""
@@ -15,6 +16,7 @@ SUITES = {
     "ingest": "ingest.benchmark",
     "billing": "billing.benchmark",
     "webhooks": "webhooks.benchmark",
+    "console": "operations.benchmark_console",
     "drift": "billing.benchmark_drift",
 }
 
