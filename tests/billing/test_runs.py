@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -174,3 +175,36 @@ def test_the_beat_task_runs_a_scan_named_by_string(catalog: dict[str, Any]) -> N
         tasks.billing_scan.delay()
     run = BillingRun.objects.get()
     assert (run.trigger, run.status, run.invoiced) == ("beat", "succeeded", 2)
+
+
+def test_usage_is_aggregated_in_the_database_by_each_metrics_aggregation(
+    catalog: dict[str, Any],
+) -> None:
+    from billing.models import Price
+    from tests.factories import MetricFactory
+
+    plan, customer = catalog["plan"], catalog["customer"]
+    peak = MetricFactory(code="storage_gb", aggregation="max", field="gb")
+    users = MetricFactory(code="active_users", aggregation="unique_count", field="user_id")
+    Price.objects.create(plan=plan, metric=peak, unit_amount=Decimal("10"))
+    Price.objects.create(plan=plan, metric=users, unit_amount=Decimal("100"))
+    day = JAN + timedelta(days=1)
+    add_events(customer=customer, metric=peak, timestamps=[day], value="3.5")
+    add_events(customer=customer, metric=peak, timestamps=[day], value="7.25")
+    for user in ["u1", "u2", "u1", "u3", "u2"]:
+        add_events(customer=customer, metric=users, timestamps=[day], distinct=user)
+    add_events(customer=customer, metric=users, timestamps=[FEB], distinct="u9")  # next window
+    add_events(
+        customer=customer,
+        metric=catalog["metrics"]["compute_seconds"],
+        timestamps=[day] * 2,
+        value="0.25",
+    )
+    services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=2))
+    lines = {line.metric.code: line for line in Invoice.objects.get().lines.all() if line.metric}
+    assert lines["storage_gb"].quantity == Decimal("7.25") and lines["storage_gb"].amount == 72
+    assert lines["active_users"].quantity == 3 and lines["active_users"].amount == 300
+    assert (
+        lines["compute_seconds"].quantity == Decimal("0.5") and lines["compute_seconds"].amount == 0
+    )
+    assert lines["api_calls"].quantity == 0
