@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from billing import sweeps as billing_sweeps
@@ -160,6 +161,19 @@ def lock_name(name: str) -> str:
     return f"sweep:{name}"
 
 
+def _runs_abandon(current: SweepRun) -> None:
+    """Earlier runs of this sweep still marked running died with their process: we hold the
+    lease now, so theirs expired. A dry run holds no lease; one running for a day is dead."""
+    stale = SweepRun.objects.filter(sweep=current.sweep, status=SweepRun.Status.RUNNING).filter(
+        Q(dry_run=False) | Q(started_at__lt=current.started_at - timedelta(days=1))
+    )
+    stale.exclude(pk=current.pk).update(
+        status=SweepRun.Status.FAILED,
+        error="abandoned: its process stopped before finishing (lease expired)",
+        finished_at=current.started_at,
+    )
+
+
 def sweep_run(
     *,
     name: str,
@@ -190,6 +204,8 @@ def sweep_run(
             finished_at=timezone.now(),
         )
     run = SweepRun.objects.create(sweep=name, trigger=trigger, dry_run=dry_run)
+    if lease is not None:
+        _runs_abandon(run)
     clock = time.monotonic()
     ctx = SweepContext(
         lease=lease,

@@ -311,3 +311,14 @@ def test_new_findings_are_counted_in_the_sweep_findings_metric(
     assert sweep_run(name="usage_drift", trigger="beat").findings == 1
     assert sweep_run(name="usage_drift", trigger="beat", full=True).findings == 0
     assert findings() - before == 1
+
+
+def test_a_sweep_run_left_running_by_a_dead_process_is_closed_by_the_next_run() -> None:
+    dead = SweepRun.objects.create(sweep="outbox", trigger="beat")
+    other = SweepRun.objects.create(sweep="retention", trigger="beat")
+    run = sweep_run(name="outbox", trigger="beat")
+    dead.refresh_from_db()
+    other.refresh_from_db()
+    assert run.status == "succeeded"
+    assert dead.status == "failed" and "abandoned" in dead.error and dead.finished_at
+    assert other.status == "running", "another sweep's run is not ours to close"
