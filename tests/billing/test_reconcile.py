@@ -157,3 +157,24 @@ def test_what_cannot_be_brought_in_step_becomes_one_payment_finding(
 def test_without_stripe_keys_reconciliation_asks_nobody(catalog: dict[str, Any]) -> None:
     _pushed(catalog, "in_x", start=datetime(2026, 1, 1, tzinfo=UTC))
     assert reconciliation_sweep(lease=None)["checked"] == 0
+
+
+def test_void_at_stripe_is_applied_and_a_different_amount_due_becomes_a_finding(
+    catalog: dict[str, Any], stripe_http: StripeInvoices
+) -> None:
+    catalog["subscription"].started_at = datetime(2025, 12, 1, tzinfo=UTC)
+    catalog["subscription"].save()
+    voided = _pushed(catalog, "in_void", start=datetime(2026, 1, 1, tzinfo=UTC))
+    stripe_http.invoices["in_void"] = {"status": "void", "amount_due": voided.total}
+    edited = _pushed(catalog, "in_edited", start=datetime(2025, 12, 1, tzinfo=UTC))
+    Invoice.objects.filter(pk=edited.pk).update(status_changed_at=ISSUED - timedelta(days=30))
+    stripe_http.invoices["in_edited"] = {"status": "open", "amount_due": edited.total + 500}
+
+    counts = reconciliation_sweep(lease=None)
+
+    voided.refresh_from_db()
+    assert voided.status == "void" and voided.voided_at is not None
+    finding = DriftFinding.objects.get()
+    assert (finding.kind, finding.invoice) == ("payment", edited)
+    assert str(edited.total + 500) in finding.detail
+    assert (counts["corrected"], counts["findings"]) == (1, 1)
