@@ -49,14 +49,72 @@ class PlanAdmin(AuditedAdminMixin, admin.ModelAdmin):
     inlines = [PriceInline]
 
 
+class SubscriptionForm(forms.ModelForm):
+    """Checks the same rules as the API (currency, no overlap) before anything is saved."""
+
+    class Meta:
+        model = Subscription
+        fields = ["customer", "plan", "started_at", "ended_at"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        instance = self.instance
+        customer = data.get("customer") or getattr(instance, "customer", None)
+        plan = data.get("plan") or getattr(instance, "plan", None)
+        started_at = data.get("started_at") or instance.started_at
+        ended_at = data.get("ended_at")
+        if customer is None or plan is None or started_at is None:
+            return data
+        if ended_at is not None and ended_at <= started_at:
+            raise forms.ValidationError({"ended_at": "The end must be after the start."})
+        try:
+            services.subscription_check(
+                customer=customer,
+                plan=plan,
+                started_at=started_at,
+                ended_at=ended_at,
+                exclude_pk=instance.pk,
+            )
+        except NerubaError as exc:
+            raise forms.ValidationError(exc.message) from exc
+        return data
+
+
 @admin.register(Subscription, site=console)
-class SubscriptionAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class SubscriptionAdmin(admin.ModelAdmin):
+    """Created through subscription_create; afterwards only the end can change (its windows
+    and invoices depend on the customer, plan and start). Both paths are audited."""
+
+    form = SubscriptionForm
     list_display = ["customer", "plan", "started_at", "ended_at"]
     list_filter = ["plan"]
     list_select_related = ["customer", "plan"]
     raw_id_fields = ["customer"]
     search_fields = ["customer__external_id", "customer__name"]
     show_full_result_count = False
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Subscription | None = None
+    ) -> list[str]:
+        return ["customer", "plan", "started_at"] if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
+        if change:
+            services.subscription_end(
+                subscription=obj, ended_at=obj.ended_at, actor=request.user, reason="console edit"
+            )
+            return
+        created = services.subscription_create(
+            customer=obj.customer,
+            plan=obj.plan,
+            started_at=obj.started_at,
+            ended_at=obj.ended_at,
+            actor=request.user,
+        )
+        obj.pk = created.pk
+
+    def has_delete_permission(self, request: HttpRequest, obj: Subscription | None = None) -> bool:
+        return False
 
 
 # --- billing records: read-only, changed only through guarded actions -----------------------

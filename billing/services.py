@@ -49,6 +49,7 @@ from billing.usage import WindowRef, usage_for_windows
 from ingest import services as ingest_services
 from ingest.models import InvoicedWatermark, Metric
 from neruba import audit
+from neruba.errors import ValidationFailed
 from neruba.locks import (
     Lease,
     LockLost,
@@ -111,6 +112,29 @@ def plan_create(
     return plan
 
 
+def subscription_check(
+    *,
+    customer: Customer,
+    plan: Plan,
+    started_at: datetime,
+    ended_at: datetime | None = None,
+    exclude_pk: int | None = None,
+) -> None:
+    """The rules every subscription obeys: the plan's currency is the customer's, and one
+    customer never has two overlapping subscriptions to the same plan."""
+    if customer.currency != plan.currency:
+        raise CurrencyMismatch(details={"customer": customer.currency, "plan": plan.currency})
+    overlap = Subscription.objects.filter(customer=customer, plan=plan).filter(
+        Q(ended_at__isnull=True) | Q(ended_at__gt=started_at)
+    )
+    if ended_at is not None:
+        overlap = overlap.filter(started_at__lt=ended_at)
+    if exclude_pk is not None:
+        overlap = overlap.exclude(pk=exclude_pk)
+    if overlap.exists():
+        raise SubscriptionOverlap(details={"customer": customer.external_id, "plan": plan.code})
+
+
 def subscription_create(
     *,
     customer: Customer,
@@ -119,18 +143,10 @@ def subscription_create(
     ended_at: datetime | None = None,
     actor: audit.Actor | ApiKey = None,
 ) -> Subscription:
-    if customer.currency != plan.currency:
-        raise CurrencyMismatch(details={"customer": customer.currency, "plan": plan.currency})
     with transaction.atomic():
         # Lock the customer row so two concurrent creations cannot both pass the overlap check.
         Customer.objects.select_for_update().filter(pk=customer.pk).first()
-        overlap = Subscription.objects.filter(customer=customer, plan=plan).filter(
-            Q(ended_at__isnull=True) | Q(ended_at__gt=started_at)
-        )
-        if ended_at is not None:
-            overlap = overlap.filter(started_at__lt=ended_at)
-        if overlap.exists():
-            raise SubscriptionOverlap(details={"customer": customer.external_id, "plan": plan.code})
+        subscription_check(customer=customer, plan=plan, started_at=started_at, ended_at=ended_at)
         subscription = Subscription.objects.create(
             customer=customer, plan=plan, started_at=started_at, ended_at=ended_at
         )
@@ -142,6 +158,40 @@ def subscription_create(
             after={"plan": plan.code, "started_at": started_at, "ended_at": ended_at},
         )
     return subscription
+
+
+def subscription_end(
+    *, subscription: Subscription, ended_at: datetime | None, actor: audit.Actor, reason: str
+) -> Subscription:
+    """Sets (or clears) the end of a subscription; the only change allowed once it exists,
+    since its windows and invoices depend on the customer, plan and start."""
+    with transaction.atomic():
+        Customer.objects.select_for_update().filter(pk=subscription.customer_id).first()
+        locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        if ended_at is not None and ended_at <= locked.started_at:
+            raise ValidationFailed(
+                "The end must be after the start.", details={"ended_at": ended_at.isoformat()}
+            )
+        subscription_check(
+            customer=locked.customer,
+            plan=locked.plan,
+            started_at=locked.started_at,
+            ended_at=ended_at,
+            exclude_pk=locked.pk,
+        )
+        before = {"ended_at": locked.ended_at}
+        locked.ended_at = ended_at
+        locked.save(update_fields=["ended_at"])
+        audit.record(
+            actor=actor,
+            action="subscription.end",
+            target=locked,
+            customer=locked.customer,
+            reason=reason,
+            before=before,
+            after={"ended_at": ended_at},
+        )
+    return locked
 
 
 def metric_for_code(code: str) -> Metric:
