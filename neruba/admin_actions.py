@@ -279,32 +279,52 @@ class ReadOnlyAdminMixin:
 
 class AuditedAdminMixin:
     """Plain console edits of reference data (catalog, meters) are audited too: the save and
-    its audit entry commit together, with the fields before and after."""
+    its audit entry commit together, with the fields before and after.
+
+    ``audit_snapshot`` is what the entry records of a row (override it to leave secrets out).
+    With ``audit_after_related`` the entry is written once the many-to-many fields (a user's
+    groups, a group's permissions) are saved too, still inside the admin's transaction."""
+
+    audit_after_related = False
+
+    def audit_snapshot(self, obj: Model) -> dict[str, Any]:
+        from django.forms.models import model_to_dict
+
+        return model_to_dict(obj)
+
+    def _audit_save(self, request: HttpRequest, obj: Model, change: bool, before: Any) -> None:
+        from neruba import audit
+
+        audit.record(
+            actor=request.user,
+            action=f"{obj._meta.model_name}.{'update' if change else 'create'}",
+            target=obj,
+            reason="console edit",
+            before=before,
+            after=self.audit_snapshot(obj),
+            customer=getattr(obj, "customer", None),
+        )
 
     def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
         from django.db import transaction
-        from django.forms.models import model_to_dict
-
-        from neruba import audit
 
         with transaction.atomic():
             before = None
             if change:
-                before = model_to_dict(type(obj)._default_manager.get(pk=obj.pk))
+                before = self.audit_snapshot(type(obj)._default_manager.get(pk=obj.pk))
             super().save_model(request, obj, form, change)  # type: ignore[misc]
-            audit.record(
-                actor=request.user,
-                action=f"{obj._meta.model_name}.{'update' if change else 'create'}",
-                target=obj,
-                reason="console edit",
-                before=before,
-                after=model_to_dict(obj),
-                customer=getattr(obj, "customer", None),
-            )
+            if self.audit_after_related:
+                form.audit_before = before
+            else:
+                self._audit_save(request, obj, change, before)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)  # type: ignore[misc]
+        if self.audit_after_related:
+            self._audit_save(request, form.instance, change, getattr(form, "audit_before", None))
 
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
         from django.db import transaction
-        from django.forms.models import model_to_dict
 
         from neruba import audit
 
@@ -314,7 +334,7 @@ class AuditedAdminMixin:
                 action=f"{obj._meta.model_name}.delete",
                 target=obj,
                 reason="console delete",
-                before=model_to_dict(obj),
+                before=self.audit_snapshot(obj),
             )
             super().delete_model(request, obj)  # type: ignore[misc]
 

@@ -20,6 +20,8 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Model, QuerySet, Sum
@@ -34,11 +36,14 @@ import ingest.admin as ingest_admin
 import neruba.admin as neruba_admin
 import webhooks.admin as webhooks_admin
 from billing import services as billing_services
+from billing.drift import finding_resolve
 from billing.ledger import credit_grant
 from billing.models import CreditEntry, DriftFinding, Invoice, ReasonCode
 from billing.selectors import credit_balances
 from ingest.models import IngestRejection, UsageEvent
+from neruba import audit
 from neruba.admin_actions import (
+    AuditedAdminMixin,
     CappedCountPaginator,
     ExactSearchMixin,
     GuardedAdminMixin,
@@ -336,6 +341,10 @@ class CustomerHubAdmin(ConsolePageMixin, GuardedAdminMixin, neruba_admin.Custome
     actions = [issue_credit]
     object_actions = ["issue_credit"]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Customer | None = None) -> bool:
+        # Invoices, ledger entries and the audit log point at customers: history stays.
+        return False
+
     def console_context(self, request: HttpRequest, obj: Customer) -> dict[str, Any]:
         context = super().console_context(request, obj)
         context["hub"] = customer_hub(customer=obj)
@@ -540,10 +549,6 @@ def _settle_action(finding: DriftFinding) -> str:
 
 def _drift_actions() -> list[Any]:
     """Resolve (re-price the window) or ignore, through ``billing.drift.finding_resolve``."""
-    try:
-        from billing.drift import finding_resolve
-    except ImportError:  # the sweeps' drift module is not installed in this tree
-        return []
 
     def resolve(finding: DriftFinding, actor: Any, reason: str, action: str) -> None:
         finding_resolve(finding=finding, action=action, actor=actor, reason=reason, dry_run=False)
@@ -585,9 +590,65 @@ class DriftFindingConsoleAdmin(GuardedAdminMixin, billing_admin.DriftFindingAdmi
     object_actions = [a.__name__ for a in actions]
 
 
+# --- console users and role groups (superusers only): audited like every other change --------
+
+
+def _user_snapshot(user: User) -> dict[str, Any]:
+    # Never the password hash: the audit log is exported.
+    return {
+        "username": user.get_username(),
+        "email": user.email,
+        "is_active": user.is_active,
+        "is_staff": user.is_staff,
+        "is_superuser": user.is_superuser,
+        "groups": sorted(user.groups.values_list("name", flat=True)),
+    }
+
+
+def _group_snapshot(group: Group) -> dict[str, Any]:
+    return {
+        "name": group.name,
+        "permissions": sorted(
+            f"{p.content_type.app_label}.{p.codename}"
+            for p in group.permissions.select_related("content_type")
+        ),
+    }
+
+
+class AuditedUserAdmin(AuditedAdminMixin, UserAdmin):
+    audit_after_related = True
+
+    def audit_snapshot(self, obj: User) -> dict[str, Any]:
+        return _user_snapshot(obj)
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:
+            user = User.objects.get(pk=id)
+            audit.record(
+                actor=request.user,
+                action="user.password_set",
+                target=user,
+                reason="console edit",
+                after={"username": user.get_username()},
+            )
+        return response
+
+
+class AuditedGroupAdmin(AuditedAdminMixin, GroupAdmin):
+    audit_after_related = True
+
+    def audit_snapshot(self, obj: Group) -> dict[str, Any]:
+        return _group_snapshot(obj)
+
+
 # --- registration: replace the apps' admins with the console's ----------------------------------
 
 for model, model_admin in (
+    (User, AuditedUserAdmin),
+    (Group, AuditedGroupAdmin),
     (Customer, CustomerHubAdmin),
     (UsageEvent, UsageEventConsoleAdmin),
     (IngestRejection, IngestRejectionConsoleAdmin),

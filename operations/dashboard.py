@@ -104,6 +104,47 @@ def _backlog(user: Any) -> list[dict[str, Any]]:
     return items
 
 
+# Where each role starts its day: (permission, label, admin url name, query).
+SHORTCUTS = [
+    ("neruba.view_customer", "Customers (the hub page for each)", "neruba_customer_changelist", ""),
+    (
+        "ingest.view_ingestrejection",
+        "Open ingest rejections to replay",
+        "ingest_ingestrejection_changelist",
+        "?status__exact=open",
+    ),
+    (
+        "billing.view_creditentry",
+        "Credit ledger (filter, export)",
+        "billing_creditentry_changelist",
+        "",
+    ),
+    ("neruba.view_auditentry", "Audit log (filter, export)", "neruba_auditentry_changelist", ""),
+    ("billing.view_invoice", "Invoices with totals per status", "billing_invoice_changelist", ""),
+    (
+        "billing.view_driftfinding",
+        "Open drift findings to resolve",
+        "billing_driftfinding_changelist",
+        "?status__exact=open",
+    ),
+    (
+        "webhooks.view_stripeevent",
+        "Dead Stripe events to replay",
+        "webhooks_stripeevent_changelist",
+        "?status__exact=dead",
+    ),
+    ("neruba.view_schedulerlock", "Release stale locks", "neruba_schedulerlock_changelist", ""),
+]
+
+
+def _shortcuts(user: Any) -> list[dict[str, Any]]:
+    return [
+        {"label": label, "url": url}
+        for perm, label, name, query in SHORTCUTS
+        if user.has_perm(perm) and (url := _admin_url(name, query=query))
+    ]
+
+
 def dashboard_context(request: HttpRequest) -> dict[str, Any]:
     user = request.user
     if not getattr(user, "is_staff", False):
@@ -116,6 +157,8 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
         "checks": checks,
         "backlog": _backlog(user),
         "runbooks": runbook_list(),
+        "shortcuts": _shortcuts(user),
+        "can_explain": user.has_perm("ingest.view_usageevent"),
     }
     if user.has_perm("billing.view_billingrun"):
         runs = list(BillingRun.objects.order_by("-started_at")[:5])

@@ -79,3 +79,15 @@ def test_stacked_bars_scale_to_the_peak_and_escape_labels() -> None:
     assert "a&lt;b accepted: 2" in svg and "t&amp;t" in svg
     # The tallest bar (4 + 0) fills the drawable height (100 - 16).
     assert 'height="84.0"' in svg
+
+
+@pytest.mark.django_db
+def test_each_role_gets_its_own_shortcuts_and_the_explainer_box(console_user) -> None:
+    support = _home(console_user("Support"))
+    assert 'id="panel-explain"' in support and 'action="/console/explain/"' in support
+    assert "Open ingest rejections to replay" in support
+    assert "Release stale locks" not in support
+    operations = _home(console_user("Operations"))
+    assert "Release stale locks" in operations and "Dead Stripe events to replay" in operations
+    finance = _home(console_user("Finance"))
+    assert "Credit ledger (filter, export)" in finance and "Release stale locks" not in finance
