@@ -151,6 +151,8 @@ def test_finance_issues_a_credit_and_sees_it_in_the_ledger_and_the_audit_log(pag
     assert "15.00 USD" in page.inner_text("#hub-balance")
     page.wait_for_selector("#usage-so-far")  # the usage panel fills itself in
     assert "Amount so far (pro)" in page.inner_text("#hub-usage")
+    assert "added a credit of 15.00 USD" in page.input_value("textarea.support-message")
+    shot(page, "finance-customer-hub")
     page.goto("/admin/billing/creditentry/?customer=acme")
     assert "API outage on the 3rd" in page.inner_text("#result_list")
     shot(page, "finance-ledger")

@@ -281,3 +281,18 @@ def test_the_support_replies_runbook_is_generated_from_the_template_registry() -
         "dispute_opened",
         "invoice_corrected",
     }
+
+
+def test_every_full_list_link_on_the_customer_page_opens_the_filtered_list(
+    history: dict[str, Any], console_user: Any
+) -> None:
+    import re
+
+    client = client_for(console_user, "superuser")
+    html = client.get(_customer_url(history)).content.decode()
+    links = re.findall(r'<small>\(<a href="([^"]+)">', html)
+    assert len(links) == 9
+    for link in links:
+        response = client.get(link.replace("&amp;", "&"))
+        assert response.status_code == 200, link
+        assert "acme" in response.content.decode() or "Acme" in response.content.decode(), link
