@@ -137,11 +137,13 @@ def note_add(
             author=author,
             body=body,
         )
+        # The note is its own reason: the audit log reads "who added what, why" like any change.
         audit.record(
             actor=author,
             action="note.add",
             target=target,
             customer=customer,
+            reason=body,
             after={"note_id": note.pk, "body": body},
         )
     return note

@@ -527,7 +527,7 @@ class AuditLogAdmin(CsvExportMixin, neruba_admin.AuditEntryAdmin):
         input_filter("actor", "actor", "actor_label", "username or api_key:prefix"),
         input_filter("action", "action", "action", "e.g. credit.grant"),
         input_filter("reason code", "reason_code", "after__reason_code", "e.g. goodwill"),
-        "target_type",
+        input_filter("record type", "target_type", "target_type", "e.g. billing.invoice"),
         *date_filters("created_at"),
     ]
     csv_columns = _audit_columns

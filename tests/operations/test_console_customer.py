@@ -160,6 +160,7 @@ def test_a_note_added_on_the_customer_page_is_shown_with_author_and_time_and_aud
     assert "Called about the January invoice." in html and "support-user" in html
     entry = AuditEntry.objects.get(action="note.add")
     assert entry.customer == customer and entry.actor_label == "support-user"
+    assert entry.reason == "Called about the January invoice."
 
 
 @pytest.mark.parametrize("target", ["invoice", "event", "webhook"])
@@ -296,3 +297,19 @@ def test_every_full_list_link_on_the_customer_page_opens_the_filtered_list(
         response = client.get(link.replace("&amp;", "&"))
         assert response.status_code == 200, link
         assert "acme" in response.content.decode() or "Acme" in response.content.decode(), link
+
+
+def test_event_and_rejection_pages_link_to_the_explainer(
+    history: dict[str, Any], console_user: Any
+) -> None:
+    from ingest.models import IngestRejection
+
+    client = client_for(console_user, "Support")
+    event = UsageEvent.objects.get(idempotency_key="k-1")
+    html = client.get(f"/admin/ingest/usageevent/{event.pk}/change/").content.decode()
+    assert 'id="explain-link" ' not in html and 'href="/console/explain/?key=k-1"' in html
+    rejection = IngestRejection.objects.get(idempotency_key="k-bad")
+    html = client.get(f"/admin/ingest/ingestrejection/{rejection.pk}/change/").content.decode()
+    assert 'href="/console/explain/?key=k-bad"' in html
+    explained = client.get("/console/explain/?key=k-bad").content.decode()
+    assert "unknown_metric" in explained
