@@ -7,7 +7,12 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from django.http.request import RawPostDataException
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -63,28 +68,40 @@ class IngestBatchOutput(serializers.Serializer):
     results = IngestResultOutput(many=True)
 
 
+_STRING = {"type": "string", "minLength": 1}
+_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["idempotency_key", "customer", "metric", "timestamp"],
+    "properties": {
+        "idempotency_key": {**_STRING, "maxLength": 255},
+        "customer": {**_STRING, "description": "The customer's external_id."},
+        "metric": {**_STRING, "description": "The metric's code."},
+        "timestamp": {"type": "string", "format": "date-time"},
+        "properties": {"type": "object", "additionalProperties": True},
+    },
+}
+_CLOUDEVENT_SCHEMA = {
+    "type": "object",
+    "required": ["specversion", "id", "source", "type", "subject", "time"],
+    "properties": {
+        "specversion": _STRING,
+        "id": {**_STRING, "description": "Becomes the idempotency key."},
+        "source": _STRING,
+        "type": {**_STRING, "description": "The metric's code."},
+        "subject": {**_STRING, "description": "The customer's external_id."},
+        "time": {"type": "string", "format": "date-time"},
+        "data": {"type": "object", "additionalProperties": True},
+    },
+}
+# In a batch each item is judged on its own (a bad item is that item's `failed` outcome, never
+# a rejected batch), so the items are any JSON value as far as the request schema goes.
+_ITEMS = {"type": "array", "minItems": 1, "maxItems": 1000, "items": {}}
+_BATCH_SCHEMA = {"type": "object", "required": ["events"], "properties": {"events": _ITEMS}}
+
+
 class EventIngestApi(ScopedApi):
     required_scopes = {"POST": "ingest"}
     parser_classes: list[Any] = []  # the body is read raw; see post()
-
-    class EventInput(serializers.Serializer):
-        idempotency_key = serializers.CharField(max_length=255)
-        customer = serializers.CharField(help_text="The customer's external_id.")
-        metric = serializers.CharField(help_text="The metric's code.")
-        timestamp = serializers.DateTimeField(help_text="ISO 8601 with a UTC offset.")
-        properties = serializers.DictField(required=False)
-
-    class BatchInput(serializers.Serializer):
-        events = serializers.ListField(child=serializers.DictField(), max_length=1000)
-
-    class CloudEventInput(serializers.Serializer):
-        specversion = serializers.CharField()
-        id = serializers.CharField(help_text="Becomes the idempotency key.")
-        source = serializers.CharField()
-        type = serializers.CharField(help_text="The metric's code.")
-        subject = serializers.CharField(help_text="The customer's external_id.")
-        time = serializers.DateTimeField()
-        data = serializers.DictField(required=False, help_text="The event's properties.")
 
     @extend_schema(
         operation_id="events_ingest",
@@ -98,16 +115,24 @@ class EventIngestApi(ScopedApi):
             "422 failed with its result object."
         ),
         request={
-            "application/json": EventInput,
-            CLOUDEVENT: CloudEventInput,
-            CLOUDEVENT_BATCH: CloudEventInput(many=True),
+            "application/json": {"anyOf": [_EVENT_SCHEMA, _BATCH_SCHEMA]},
+            CLOUDEVENT: _CLOUDEVENT_SCHEMA,
+            CLOUDEVENT_BATCH: _ITEMS,
         },
         responses={
-            200: OpenApiResponse(IngestBatchOutput, description="A batch, or a duplicate event."),
+            200: OpenApiResponse(
+                PolymorphicProxySerializer(
+                    component_name="IngestAnswer",
+                    serializers=[IngestBatchOutput, IngestResultOutput],
+                    resource_type_field_name=None,
+                ),
+                description="A batch, or a duplicate single event.",
+            ),
             201: OpenApiResponse(IngestResultOutput, description="A single event was accepted."),
             400: OpenApiResponse(ErrorSerializer, description="Malformed or too many items."),
             409: OpenApiResponse(IngestResultOutput, description="Conflicting single event."),
             413: OpenApiResponse(ErrorSerializer, description="The body is too large."),
+            415: OpenApiResponse(ErrorSerializer, description="Not a JSON media type."),
             422: OpenApiResponse(IngestResultOutput, description="A single event failed."),
         },
         examples=[

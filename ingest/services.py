@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import JSONField, Value
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -655,7 +656,8 @@ def _rejection(item: Item, batch: IngestBatch, prefix: str, outcome: str) -> Ing
         api_key_prefix=prefix,
         error_code=code,
         error_message=message,
-        raw_payload=storable_json(raw),
+        # A JSON null item is kept as JSON null, not as a missing payload.
+        raw_payload=storable_json(raw) if raw is not None else Value(None, JSONField()),
     )
 
 

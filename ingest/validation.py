@@ -105,6 +105,16 @@ def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
     item = Item(index, raw)
     if not isinstance(raw, dict):
         return item.fail("invalid_event", "Each event must be a JSON object.")
+    if cloudevent:
+        # The CloudEvents spec requires these two as well, though ingest does not use them.
+        for attribute in ("specversion", "source"):
+            value = raw.get(attribute)
+            if value is None or value == "":
+                return item.fail("missing_field", f"`{attribute}` is required.", field=attribute)
+            if not isinstance(value, str):
+                return item.fail(
+                    "invalid_field", f"`{attribute}` must be a string.", field=attribute
+                )
     event = from_cloudevent(raw) if cloudevent else raw
     names = _REQUIRED_CE if cloudevent else _REQUIRED
 

@@ -164,9 +164,12 @@ def test_a_missing_field_names_the_field(ingest_client: APIClient) -> None:
 
 
 def test_an_item_that_is_not_an_object_fails_as_invalid_event(ingest_client: APIClient) -> None:
-    result = post(ingest_client, {"events": [event("k-1"), "oops"]}).json()["results"][1]
-    assert result["outcome"] == "failed" and result["error"]["code"] == "invalid_event"
-    assert result["idempotency_key"] is None
+    results = post(ingest_client, {"events": [event("k-1"), "oops", None, []]}).json()["results"]
+    assert [r["outcome"] for r in results] == ["accepted", "failed", "failed", "failed"]
+    assert {r["error"]["code"] for r in results[1:]} == {"invalid_event"}
+    assert results[1]["idempotency_key"] is None
+    raw = sorted(IngestRejection.objects.values_list("raw_payload", flat=True), key=repr)
+    assert raw == sorted(["oops", None, []], key=repr)
 
 
 def test_the_timestamp_window_follows_the_settings(ingest_client: APIClient, settings: Any) -> None:
