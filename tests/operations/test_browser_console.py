@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group, Permission
 from django.utils import timezone
 
 from billing import services as billing_services
+from billing.drift import usage_drift_sweep
 from billing.periods import period_floor
 from ingest.models import IngestRejection, UsageEvent
 from ingest.services import events_ingest
@@ -238,10 +239,15 @@ def test_the_explainer_answers_for_a_late_event(page: Any) -> None:
     assert result["outcome"] == "accepted"
     event = UsageEvent.objects.get(idempotency_key="br-late-1")
     assert event.late
+    # The drift sweep re-checks the late event's window and raises the finding.
+    assert usage_drift_sweep(lease=None, since=now - timedelta(hours=1))["findings"] == 1
     login(page, "Support")
     page.goto(f"/admin/ingest/usageevent/{event.pk}/change/")
     page.click("#explain-link")
     verdict = page.inner_text("#verdict")
     shot(page, "explainer-late-event")
     assert verdict.startswith("Late: arrived after invoice")
-    assert "Late" in page.inner_text("#explain-steps")
+    assert verdict.endswith("is open.") and "drift finding #" in verdict
+    page.click("#explain-steps a:has-text('Drift finding')")
+    assert "View drift finding" in page.inner_text("#content")
+    assert page.locator("a.guarded-object-action").count() == 0  # support cannot resolve it
