@@ -18,17 +18,13 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -39,6 +35,7 @@ from ingest.models import IngestBatch, IngestRejection, Metric, UsageEvent
 from ingest.validation import canonical_hash, properties_json
 from neruba import services as kernel_services
 from neruba.models import ApiKey, Customer
+from neruba.servers import free_port, gunicorn_start, gunicorn_stop
 
 SCRATCH = "ingest_bench_scratch"
 TARGET_BATCH_RATIO = 0.6
@@ -66,12 +63,6 @@ def _pct(values: Sequence[float], q: float) -> float:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _dsn() -> dict[str, Any]:
@@ -340,66 +331,6 @@ def _single_python(
     }
 
 
-# --- server ----------------------------------------------------------------------------------
-
-
-def _start_server(port: int, workers: int, threads: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-        "NERUBA_SSL_REDIRECT": "false",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-    }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    proc = subprocess.Popen(  # noqa: S603 - our own executable and fixed arguments
-        [
-            str(gunicorn),
-            "neruba.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(threads),
-            "--keep-alive",
-            "30",
-            "--backlog",
-            "2048",
-            "--log-level",
-            "warning",
-        ],
-        cwd=settings.BASE_DIR,
-        env=env,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            break
-    _stop_server(proc)
-    raise RuntimeError("gunicorn did not start (see its output above)")
-
-
-def _stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -477,8 +408,8 @@ def run(command: BaseCommand, **options: Any) -> bool:
         raw_rate = n_events / raw_s
 
         # 4. The server.
-        port = _free_port()
-        server = _start_server(port, options["workers"], options["threads"])
+        port = free_port()
+        server = gunicorn_start(port=port, workers=options["workers"], threads=options["threads"])
 
         # A warm-up batch per worker (imports, connections), not timed, then deleted.
         warm = [
@@ -543,7 +474,7 @@ def run(command: BaseCommand, **options: Any) -> bool:
             )
     finally:
         if server is not None:
-            _stop_server(server)
+            gunicorn_stop(server)
         stored = _cleanup(prefix, api_key, customers, [calls, seconds])
 
     ratio = batch_rate / raw_rate
