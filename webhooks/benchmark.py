@@ -24,18 +24,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, connections
 
-# The loopback server, client processes and percentile helpers are shared with the ingest
-# benchmark so both measure the same way.
-from ingest.benchmark import (
-    _dsn,
-    _free_port,
-    _pct,
-    _run_clients,
-    _split,
-    _start_server,
-    _stop_server,
-)
+# Client processes and percentiles are shared with the ingest benchmark so both measure the
+# same way; the loopback gunicorn is the kernel's.
+from ingest.benchmark import _dsn, _pct, _run_clients, _split
 from neruba.models import Customer
+from neruba.servers import free_port, gunicorn_start, gunicorn_stop
 from webhooks.models import StripeEvent
 from webhooks.samples import event_body, sign, stripe_event, stripe_object
 
@@ -225,12 +218,10 @@ def run(command: BaseCommand, **options: Any) -> bool:
     prefix = f"bench{run_id}"
     secret = f"whsec_bench_{uuid.uuid4().hex}"
 
-    # 1. Customer and secret (the server reads STRIPE_WEBHOOK_SECRETS from its environment).
+    # 1. Customer and secret (given to the server as STRIPE_WEBHOOK_SECRETS).
     customer = Customer.objects.create(
         external_id=f"{prefix}-customer", name="Webhook bench", stripe_customer_id=f"cus_{prefix}"
     )
-    saved_secrets = os.environ.get("STRIPE_WEBHOOK_SECRETS")
-    os.environ["STRIPE_WEBHOOK_SECRETS"] = secret
     server = None
     try:
         # 2. Events.
@@ -243,8 +234,13 @@ def run(command: BaseCommand, **options: Any) -> bool:
         raw_rate = n / raw_s
 
         # 4. Server, warmed up (imports, connections) with deliveries that are then deleted.
-        port = _free_port()
-        server = _start_server(port, options["workers"], options["threads"])
+        port = free_port()
+        server = gunicorn_start(
+            port=port,
+            workers=options["workers"],
+            threads=options["threads"],
+            env={"STRIPE_WEBHOOK_SECRETS": secret},
+        )
         warm = _bodies(f"{prefix}w", customer.stripe_customer_id, 20 * options["workers"])
         _http_phase(port, secret, seconds, warm, clients)
 
@@ -269,11 +265,7 @@ def run(command: BaseCommand, **options: Any) -> bool:
     finally:
         # 7. Clean up.
         if server is not None:
-            _stop_server(server)
-        if saved_secrets is None:
-            os.environ.pop("STRIPE_WEBHOOK_SECRETS", None)
-        else:
-            os.environ["STRIPE_WEBHOOK_SECRETS"] = saved_secrets
+            gunicorn_stop(server)
         removed = _cleanup(prefix, customer)
 
     ok = (

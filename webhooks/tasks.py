@@ -8,6 +8,8 @@ from django.utils import timezone
 from webhooks import services
 from webhooks.models import EventAttempt, StripeEvent
 
+PROCESS_BATCH = 200
+
 
 @shared_task(name="webhooks.process_event", acks_late=True, soft_time_limit=60, time_limit=90)
 def process_event(event_id: int) -> str:
@@ -16,6 +18,14 @@ def process_event(event_id: int) -> str:
         return "missing"
     attempt = services.event_process(event=event, trigger=EventAttempt.Trigger.HTTP)
     return attempt.outcome if attempt else "not claimed"
+
+
+@shared_task(name="webhooks.process_received", acks_late=True, soft_time_limit=240, time_limit=300)
+def process_received() -> int:
+    taken = services.events_process_received(limit=PROCESS_BATCH)
+    if taken == PROCESS_BATCH:
+        process_received.delay()  # more are waiting; keep going in a fresh task
+    return taken
 
 
 @shared_task(name="webhooks.retry_due", acks_late=True, soft_time_limit=240, time_limit=300)

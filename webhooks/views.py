@@ -35,13 +35,19 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     headers = dict(request.headers)
     headers["X-Request-ID"] = getattr(request, "request_id", "")
     try:
-        event, created = services.event_receive(
-            body=request.body,
-            signature=request.headers.get("Stripe-Signature"),
-            headers=headers,
-        )
+        with services.deferred_enqueues() as stored:
+            event, created = services.event_receive(
+                body=request.body,
+                signature=request.headers.get("Stripe-Signature"),
+                headers=headers,
+            )
     except WebhookRejected as exc:
         return _rejected(exc)
-    return JsonResponse(
+    response = JsonResponse(
         {"id": event.stripe_id, "status": "stored" if created else "duplicate"}, status=200
     )
+    if stored:
+        # The WSGI server closes the response after sending it: Stripe has its 200 before we
+        # talk to the broker. The row is already committed, so the worker will find it.
+        response._resource_closers.append(lambda: services.events_enqueue(event_ids=stored))
+    return response
