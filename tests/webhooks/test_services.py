@@ -168,3 +168,48 @@ def test_a_processor_whose_claim_was_taken_over_cannot_write_the_outcome(client:
     event.refresh_from_db()
     assert event.status == StripeEvent.Status.PROCESSED and event.attempts == 2
     assert event.last_error == ""
+
+
+def test_a_web_process_publishes_one_delayed_processing_task_per_window() -> None:
+    from kombu.transport.memory import Channel
+
+    from neruba.celery import app
+
+    def queued() -> int:
+        queue = Channel.queues.get("celery")
+        return queue.qsize() if queue is not None else 0
+
+    saved = {key: app.conf[key] for key in ("task_always_eager", "broker_url")}
+    app.conf.update(task_always_eager=False, broker_url="memory://")
+    app._pool = app.amqp._producer_pool = None
+    services._last_publish[0] = -services.COALESCE
+    Channel.queues.pop("celery", None)
+    try:
+        services._publish(1)
+        services._publish(2)  # inside the window: the first task, still waiting, covers it
+        assert queued() == 1
+        services._last_publish[0] -= services.COALESCE  # the window has passed
+        services._publish(3)
+        assert queued() == 2
+    finally:
+        Channel.queues.pop("celery", None)
+        app.pool.force_close_all()
+        app.conf.update(saved)
+        app._pool = app.amqp._producer_pool = None
+        services._last_publish[0] = -services.COALESCE
+
+
+@pytest.mark.django_db
+def test_the_processing_task_takes_every_received_event_oldest_first(client: Any) -> None:
+    from tests.webhooks.helpers import post
+
+    invoice = make_invoice()
+    post(client, *invoice_event(invoice, type="invoice.payment_failed", created=1_700_000_000))
+    post(client, *invoice_event(invoice, type="invoice.paid", created=1_700_000_100))
+    assert tasks.process_received() == 2
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.PAID
+    assert list(EventAttempt.objects.order_by("id").values_list("event__type", "trigger")) == [
+        ("invoice.payment_failed", "http"),
+        ("invoice.paid", "http"),
+    ]

@@ -233,14 +233,14 @@ def test_a_broker_outage_does_not_fail_the_receipt(deliver: Any) -> None:
     # A real (unreachable) broker instead of eager execution: publishing fails at once.
     saved = {key: app.conf[key] for key in ("task_always_eager", "broker_url")}
     app.conf.update(task_always_eager=False, broker_url="redis://127.0.0.1:9/0")
-    app._pool = None
+    app._pool = app.amqp._producer_pool = None
     try:
         body, signature = delivery(stripe_object("customer"), type="customer.updated", id="evt_nb")
         response = deliver(body, signature)
     finally:
         app.pool.force_close_all()
         app.conf.update(saved)
-        app._pool = None
+        app._pool = app.amqp._producer_pool = None
     assert response.status_code == 200
     # Stored, and left for the retry beat.
     assert StripeEvent.objects.get(stripe_id="evt_nb").status == StripeEvent.Status.RECEIVED
