@@ -3,7 +3,6 @@ login form as each role. Screenshots go to test-artifacts/console/."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,10 +26,6 @@ from webhooks.samples import event_body, stripe_event, stripe_object
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls made here between
-# page steps are plain synchronous calls, so Django's async guard is switched off for them.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 PASSWORD = "pw-Neruba-123"
 CHROMIUM_ARGS = [
@@ -47,7 +42,11 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
+    # Playwright's sync API runs an event loop in this thread; the ORM calls made here between
+    # page steps are plain synchronous calls, so Django's async guard is off while the browser
+    # runs (and only then).
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         chromium = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
