@@ -139,7 +139,7 @@ class _DateFilter(InputFilter):
 
 
 def date_filters(field: str) -> list[type[InputFilter]]:
-    """ "From" and "until" (inclusive) days on ``field``, UTC."""
+    """Filters "from day" and "until day" (inclusive) on ``field``, in UTC."""
     since = type(
         "SinceFilter",
         (_DateFilter,),
