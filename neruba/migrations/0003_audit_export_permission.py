@@ -4,14 +4,19 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('neruba', '0002_audit_append_only'),
+        ("neruba", "0002_audit_append_only"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='auditentry',
-            options={'ordering': ['-created_at', '-id'], 'permissions': [('export_auditentry', 'Can export the audit log and the credit ledger as CSV')], 'verbose_name_plural': 'audit entries'},
+            name="auditentry",
+            options={
+                "ordering": ["-created_at", "-id"],
+                "permissions": [
+                    ("export_auditentry", "Can export the audit log and the credit ledger as CSV")
+                ],
+                "verbose_name_plural": "audit entries",
+            },
         ),
     ]
