@@ -44,9 +44,9 @@ KINDS = (
 
 def add_arguments(parser: CommandParser) -> None:
     parser.add_argument("--events", type=int, default=6000, help="Deliveries per phase.")
-    parser.add_argument("--clients", type=int, default=6, help="Keep-alive client processes.")
+    parser.add_argument("--clients", type=int, default=12, help="Keep-alive client processes.")
     parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes.")
-    parser.add_argument("--threads", type=int, default=2, help="Threads per gunicorn worker.")
+    parser.add_argument("--threads", type=int, default=4, help="Threads per gunicorn worker.")
     parser.add_argument(
         "--seconds", type=float, default=60.0, help="Stop a phase after this long (bound)."
     )
