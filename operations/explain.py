@@ -114,7 +114,9 @@ def _invoice_steps(
         )
         return explanation.stop("Not billed yet: the window has no live invoice.")
     line = invoice.lines.filter(metric_id=event.metric_id).first()
-    counted = event.received_at <= invoice.issued_at
+    # A late event arrived after its window was invoiced: only an invoice issued after it (a
+    # rerun's) can count it.
+    counted = not event.late or event.received_at < invoice.issued_at
     if counted and line is not None:
         explanation.add(
             "Invoice line",
@@ -150,6 +152,16 @@ def _invoice_steps(
         "sweep re-checks the window and records the difference as a finding.",
         event,
     )
+    for extra in Invoice.objects.filter(window=window, kind=Invoice.Kind.SUPPLEMENTARY).exclude(
+        status=Invoice.Status.VOID
+    ):
+        explanation.add(
+            f"Supplementary invoice {extra.number}",
+            INFO,
+            f"{extra.status}, total {extra.total} {extra.currency}: billed the difference found "
+            "after the window's invoice was paid.",
+            extra,
+        )
     finding = (
         DriftFinding.objects.filter(window=window)
         .filter(Q(metric_id=event.metric_id) | Q(metric__isnull=True))
@@ -163,25 +175,36 @@ def _invoice_steps(
             "No drift finding for this window and metric yet: the next drift sweep raises one.",
             window,
         )
+        if explanation.billed:
+            return explanation.stop(
+                f"Billed on invoice {invoice.number}, issued after the event arrived late."
+            )
         return explanation.stop(
             f"Late: arrived after invoice {invoice.number}; no drift finding raised yet."
         )
+    is_open = finding.status == DriftFinding.Status.OPEN
     resolution = (
-        f", {finding.resolution} by {finding.resolved_by} — {finding.resolution_reason}"
-        if finding.status != DriftFinding.Status.OPEN
-        else ""
+        ""
+        if is_open
+        else f", {finding.resolution} by {finding.resolved_by} — {finding.resolution_reason}"
     )
     explanation.add(
         f"Drift finding #{finding.pk}",
-        WARN if finding.status == DriftFinding.Status.OPEN else OK,
+        WARN if is_open else OK,
         f"{finding.status}: invoiced {finding.invoiced_quantity.normalize()} vs actual "
         f"{finding.actual_quantity.normalize()} (delta {finding.delta_amount:+d} "
         f"{invoice.currency}){resolution}.",
         finding,
     )
+    state = finding.status + ("" if is_open else f" ({finding.resolution})")
+    if explanation.billed:
+        # A rerun voided the invoice the event missed and issued this one, which counts it.
+        return explanation.stop(
+            f"Billed on invoice {invoice.number} after a rerun: the event arrived late; drift "
+            f"finding #{finding.pk} is {state}."
+        )
     return explanation.stop(
-        f"Late: arrived after invoice {invoice.number}; drift finding #{finding.pk} is "
-        f"{finding.status}."
+        f"Late: arrived after invoice {invoice.number}; drift finding #{finding.pk} is {state}."
     )
 
 

@@ -121,3 +121,28 @@ def test_the_explainer_page_answers_for_each_role_and_refuses_anonymous_users(
     client = Client()
     client.force_login(bare)
     assert client.get("/console/explain/?key=nope").status_code == 403
+
+
+def test_a_late_event_billed_by_resolving_its_finding_names_the_rerun_invoice(
+    catalog: dict[str, Any], console_user: Any
+) -> None:
+    from billing.drift import finding_resolve, usage_drift_sweep
+
+    finance = console_user("Finance")
+    with time_machine.travel(FEB_LATER, tick=False):
+        first = bill_january()
+        ingest(call("k-late"))
+        assert usage_drift_sweep(lease=None, since=FEB_LATER - timedelta(hours=1))["findings"]
+        finding = DriftFinding.objects.get()
+    with time_machine.travel(FEB_LATER + timedelta(hours=1), tick=False):
+        finding_resolve(
+            finding=finding, action="rerun", actor=finance, reason="late usage", dry_run=False
+        )
+    explanation = explain_key(idempotency_key="k-late")
+    first.refresh_from_db()
+    new = first.superseded_by
+    assert first.status == "void" and explanation.billed
+    assert explanation.verdict == (
+        f"Billed on invoice {new.number} after a rerun: the event arrived late; drift finding "
+        f"#{finding.pk} is resolved (rerun)."
+    )
