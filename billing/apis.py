@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from billing import selectors, services
 from billing.models import CreditEntry, Invoice, InvoiceLine, Plan, Price, Subscription
 from neruba import selectors as kernel_selectors
-from neruba.api import ErrorSerializer, ScopedApi, page_of
+from neruba.api import PAGE, ErrorSerializer, ScopedApi, page_of, query_limit
 
 
 class PriceOutput(serializers.ModelSerializer):
@@ -43,6 +43,7 @@ class SubscriptionOutput(serializers.ModelSerializer):
 
 class PlanListApi(ScopedApi):
     required_scopes = {"GET": "read"}
+    allowed_query = {"GET": PAGE}
 
     @extend_schema(operation_id="plans_list", responses={200: page_of(PlanOutput)})
     def get(self, request: Request) -> Response:
@@ -51,6 +52,7 @@ class PlanListApi(ScopedApi):
 
 class SubscriptionListApi(ScopedApi):
     required_scopes = {"GET": "read", "POST": "write"}
+    allowed_query = {"GET": PAGE | {"customer"}}
 
     class Input(serializers.Serializer):
         customer = serializers.CharField(max_length=200)
@@ -136,6 +138,7 @@ class InvoiceOutput(serializers.ModelSerializer):
 
 class InvoiceListApi(ScopedApi):
     required_scopes = {"GET": "read"}
+    allowed_query = {"GET": PAGE | {"customer", "status"}}
 
     @extend_schema(
         operation_id="invoices_list",
@@ -145,7 +148,7 @@ class InvoiceListApi(ScopedApi):
                 "status", str, description="Invoice status", enum=list(Invoice.Status.values)
             ),
         ],
-        responses={200: InvoiceOutput(many=True)},
+        responses={200: page_of(InvoiceOutput)},
     )
     def get(self, request: Request) -> Response:
         qs = selectors.invoice_list(
@@ -194,6 +197,7 @@ class CreditsOutput(serializers.Serializer):
 
 class CustomerCreditsApi(ScopedApi):
     required_scopes = {"GET": "read"}
+    allowed_query = {"GET": frozenset({"limit"})}
 
     @extend_schema(
         operation_id="customers_credits",
@@ -202,10 +206,7 @@ class CustomerCreditsApi(ScopedApi):
     )
     def get(self, request: Request, external_id: str) -> Response:
         customer = kernel_selectors.customer_get(external_id=external_id)
-        try:
-            limit = max(1, min(500, int(request.query_params.get("limit", 100))))
-        except ValueError:
-            limit = 100
+        limit = query_limit(request, default=100)
         balances = selectors.credit_balances(customer=customer)
         body = {
             "customer": customer.external_id,

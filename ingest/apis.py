@@ -21,7 +21,7 @@ from ingest import selectors, services
 from ingest.envelope import CLOUDEVENT, CLOUDEVENT_BATCH, parse_envelope
 from ingest.exceptions import PayloadTooLarge
 from ingest.models import Metric, UsageEvent
-from neruba.api import ErrorSerializer, ScopedApi, page_of
+from neruba.api import PAGE, ErrorSerializer, ScopedApi, page_of
 from neruba.auth import api_key_from_request
 from neruba.errors import NotFound
 
@@ -34,6 +34,7 @@ class MetricOutput(serializers.ModelSerializer):
 
 class MetricListApi(ScopedApi):
     required_scopes = {"GET": "read"}
+    allowed_query = {"GET": PAGE}
 
     @extend_schema(operation_id="metrics_list", responses={200: page_of(MetricOutput)})
     def get(self, request: Request) -> Response:

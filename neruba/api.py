@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from neruba.auth import HasScope
-from neruba.errors import NerubaError
+from neruba.errors import NerubaError, ValidationFailed
 from neruba.pagination import NerubaCursorPagination
+
+MAX_LIMIT = 500
+PAGE = frozenset({"cursor", "limit"})
 
 
 class ScopedApi(APIView):
@@ -20,9 +23,12 @@ class ScopedApi(APIView):
 
     permission_classes = [HasScope]
     required_scopes: dict[str, str] = {}
+    # Query parameters each method accepts; anything else is refused (nothing a client sends is
+    # silently ignored). Kept equal to the OpenAPI schema by tests/neruba/test_api_query.py.
+    allowed_query: dict[str, frozenset[str]] = {}
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)
+        super().initial(request, *args, **kwargs)  # authentication, scope and throttle first
         # PostgreSQL text cannot hold NUL: a lookup with one fails inside the driver (a 500),
         # and SQLite would answer differently. Refuse it up front, after auth, on every endpoint.
         values = [
@@ -32,6 +38,22 @@ class ScopedApi(APIView):
         if any("\x00" in value for value in values):
             raise NerubaError(
                 "The URL contains a NUL character.", code="malformed_request", http_status=400
+            )
+        method = "GET" if request.method == "HEAD" else (request.method or "")
+        allowed = self.allowed_query.get(method, frozenset())
+        unknown = sorted(k for k in request.query_params if k not in allowed)
+        if unknown:
+            raise ValidationFailed(
+                "Unknown query parameter(s).",
+                code="unknown_query_parameter",
+                details={"unknown": unknown[:10], "allowed": sorted(allowed)},
+            )
+        repeated = sorted(k for k, vs in request.query_params.lists() if len(vs) > 1)
+        if repeated:
+            raise ValidationFailed(
+                "A query parameter was given more than once.",
+                code="repeated_query_parameter",
+                details={"repeated": repeated[:10]},
             )
 
     def paginated(
@@ -43,8 +65,31 @@ class ScopedApi(APIView):
     ) -> Response:
         paginator = NerubaCursorPagination()
         paginator.ordering = ordering
-        page = paginator.paginate_queryset(queryset, request, view=self)
+        paginator.page_size = query_limit(request, default=paginator.page_size)
+        paginator.page_size_query_param = None  # validated above
+        try:
+            page = paginator.paginate_queryset(queryset, request, view=self)
+        except exceptions.NotFound:
+            raise ValidationFailed(
+                "The cursor is not valid; use the next/previous links as given.",
+                code="invalid_cursor",
+            ) from None
         return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+def query_limit(request: Request, *, default: int, maximum: int = MAX_LIMIT) -> int:
+    """``?limit=``: one whole number from 1 to ``maximum``, or the default when absent. Anything
+    else is a 400, never silently replaced."""
+    values = request.query_params.getlist("limit")
+    if not values:
+        return default
+    if len(values) == 1 and values[0].isdigit() and 1 <= int(values[0]) <= maximum:
+        return int(values[0])
+    raise ValidationFailed(
+        f"limit must be one whole number from 1 to {maximum}.",
+        code="invalid_limit",
+        details={"limit": values[:3]},
+    )
 
 
 _PAGES: dict[type[serializers.Serializer[Any]], type[serializers.Serializer[Any]]] = {}

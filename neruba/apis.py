@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from neruba import selectors, services
-from neruba.api import ErrorSerializer, ScopedApi, page_of
+from neruba.api import PAGE, ErrorSerializer, ScopedApi, page_of
 from neruba.models import Customer
 
 
@@ -18,6 +18,7 @@ class CustomerOutput(serializers.ModelSerializer):
 
 class CustomerListApi(ScopedApi):
     required_scopes = {"GET": "read", "POST": "write"}
+    allowed_query = {"GET": PAGE}
 
     class Input(serializers.Serializer):
         external_id = serializers.RegexField(r"^[A-Za-z0-9._:@-]{1,200}$")

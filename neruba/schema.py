@@ -51,6 +51,24 @@ _COMMON_ERRORS = {
 }
 
 
+_PAGE_PARAMETERS = [
+    {
+        "name": "cursor",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Opaque cursor from a previous page's next/previous link.",
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+        "description": "Rows per page (default 50).",
+    },
+]
+
+
 def add_error_responses(
     result: dict[str, Any], generator: Any, request: Any, public: bool
 ) -> dict[str, Any]:
@@ -71,6 +89,12 @@ def add_error_responses(
                 statuses["404"] = "No such object."
             if method in {"post", "patch", "put"}:
                 statuses["415"] = "The body is not JSON."
+            ok = operation["responses"].get("200", {}).get("content", {})
+            ok_ref = ok.get("application/json", {}).get("schema", {}).get("$ref", "")
+            if ok_ref.endswith("Page"):
+                names = {p.get("name") for p in operation.setdefault("parameters", [])}
+                operation["parameters"] += [p for p in _PAGE_PARAMETERS if p["name"] not in names]
+                statuses["400"] = "The request is not valid (limit, cursor or a filter)."
             for status, description in statuses.items():
                 operation["responses"].setdefault(
                     status,
