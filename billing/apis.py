@@ -10,7 +10,8 @@ from rest_framework.response import Response
 from billing import selectors, services
 from billing.models import CreditEntry, Invoice, InvoiceLine, Plan, Price, Subscription
 from neruba import selectors as kernel_selectors
-from neruba.api import PAGE, ErrorSerializer, ScopedApi, page_of, query_limit
+from neruba.api import PAGE, ErrorSerializer, ScopedApi, StrictInput, page_of, query_limit
+from neruba.errors import ValidationFailed
 
 
 class PriceOutput(serializers.ModelSerializer):
@@ -54,7 +55,7 @@ class SubscriptionListApi(ScopedApi):
     required_scopes = {"GET": "read", "POST": "write"}
     allowed_query = {"GET": PAGE | {"customer"}}
 
-    class Input(serializers.Serializer):
+    class Input(StrictInput):
         customer = serializers.CharField(max_length=200)
         plan = serializers.CharField(max_length=100)
         started_at = serializers.DateTimeField()
@@ -151,9 +152,15 @@ class InvoiceListApi(ScopedApi):
         responses={200: page_of(InvoiceOutput)},
     )
     def get(self, request: Request) -> Response:
+        status_filter = request.query_params.get("status")
+        if status_filter is not None and status_filter not in Invoice.Status.values:
+            raise ValidationFailed(
+                "Unknown invoice status.",
+                code="invalid_filter",
+                details={"status": status_filter, "allowed": list(Invoice.Status.values)},
+            )
         qs = selectors.invoice_list(
-            customer_external_id=request.query_params.get("customer"),
-            status=request.query_params.get("status"),
+            customer_external_id=request.query_params.get("customer"), status=status_filter
         )
         return self.paginated(request, qs, InvoiceOutput)
 

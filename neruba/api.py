@@ -113,6 +113,24 @@ def page_of(serializer: type[serializers.Serializer[Any]]) -> type[serializers.S
     return _PAGES[serializer]
 
 
+class StrictInput(serializers.Serializer):
+    """Base of API input serializers: a text field given a number or a boolean is a 400, not
+    quietly turned into text (DRF's CharField would coerce ``-565`` to ``"-565"``)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            errors = {
+                name: ["Must be a string."]
+                for name, field in self.fields.items()
+                if isinstance(field, serializers.CharField)
+                and data.get(name) is not None
+                and not isinstance(data[name], str)
+            }
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)
+
+
 class ErrorSerializer(serializers.Serializer):
     """The error envelope, for the schema."""
 

@@ -6,7 +6,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from neruba import selectors, services
-from neruba.api import PAGE, ErrorSerializer, ScopedApi, page_of
+from neruba.api import PAGE, ErrorSerializer, ScopedApi, StrictInput, page_of
 from neruba.models import Customer
 
 
@@ -20,7 +20,7 @@ class CustomerListApi(ScopedApi):
     required_scopes = {"GET": "read", "POST": "write"}
     allowed_query = {"GET": PAGE}
 
-    class Input(serializers.Serializer):
+    class Input(StrictInput):
         external_id = serializers.RegexField(r"^[A-Za-z0-9._:@-]{1,200}$")
         name = serializers.CharField(max_length=200)
         email = serializers.EmailField(required=False, allow_blank=True, default="")
@@ -48,7 +48,7 @@ class CustomerListApi(ScopedApi):
 class CustomerDetailApi(ScopedApi):
     required_scopes = {"GET": "read", "PATCH": "write"}
 
-    class Input(serializers.Serializer):
+    class Input(StrictInput):
         name = serializers.CharField(max_length=200, required=False)
         email = serializers.EmailField(required=False, allow_blank=True)
         currency = serializers.RegexField(r"^[A-Za-z]{3}$", required=False)

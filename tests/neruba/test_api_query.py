@@ -79,3 +79,20 @@ def test_a_made_up_cursor_is_a_400_not_a_404(api) -> None:
 def test_query_parameters_are_checked_only_after_authentication(api) -> None:
     response = api(None).get("/api/v1/customers", {"sort": "name"})
     assert response.status_code == 401
+
+
+@pytest.mark.django_db
+def test_an_unknown_invoice_status_filter_is_refused(api) -> None:
+    response = api("read").get("/api/v1/invoices", {"status": "pending"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_filter"
+    assert api("read").get("/api/v1/invoices", {"status": "paid"}).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_number_where_the_api_expects_text_is_refused_not_coerced(api) -> None:
+    response = api("write").post(
+        "/api/v1/customers", {"external_id": -565, "name": "Numbers"}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["fields"]["external_id"] == ["Must be a string."]
