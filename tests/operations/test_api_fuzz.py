@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -32,7 +34,19 @@ def _fuzz(operation, mode: GenerationMode, headers: dict[str, str]) -> None:
     run()
 
 
+@pytest.fixture
+def _keep_test_connection():
+    """Like Django's test client: the WSGI calls must not close the connection that holds the
+    test's transaction (close_old_connections would, on PostgreSQL)."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
 @pytest.mark.django_db
+@pytest.mark.usefixtures("_keep_test_connection")
 def test_every_operation_answers_without_server_errors_and_conforms(make_api_key, catalog) -> None:
     _, raw = make_api_key("ingest", "read", "write")
     headers = {"Authorization": f"Api-Key {raw}"}
