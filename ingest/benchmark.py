@@ -15,25 +15,23 @@ from __future__ import annotations
 
 import http.client
 import json
-import multiprocessing as mp
 import os
 import shutil
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, connections
 
 from ingest.models import IngestBatch, IngestRejection, Metric, UsageEvent
 from ingest.validation import canonical_hash, properties_json
 from neruba import services as kernel_services
+from neruba.benchmarking import percentile, psycopg_dsn, run_clients, split
 from neruba.models import ApiKey, Customer
 from neruba.servers import free_port, gunicorn_start, gunicorn_stop
 
@@ -41,7 +39,6 @@ SCRATCH = "ingest_bench_scratch"
 TARGET_BATCH_RATIO = 0.6
 TARGET_SINGLE_RPS = 1000
 TARGET_SINGLE_P99_MS = 25.0
-_fork = mp.get_context("fork")
 
 
 def add_arguments(parser: CommandParser) -> None:
@@ -56,46 +53,6 @@ def add_arguments(parser: CommandParser) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _pct(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _dsn() -> dict[str, Any]:
-    db = settings.DATABASES["default"]
-    params = {"dbname": db["NAME"], "user": db.get("USER") or None, "host": db.get("HOST")}
-    if db.get("PORT"):
-        params["port"] = db["PORT"]
-    if db.get("PASSWORD"):
-        params["password"] = db["PASSWORD"]
-    return {k: v for k, v in params.items() if v}
-
-
-def _split(items: list[Any], parts: int) -> list[list[Any]]:
-    return [items[i::parts] for i in range(parts)]
-
-
-def _run_clients(target: Any, shares: list[Any]) -> tuple[float, list[Any]]:
-    """Runs ``target(share, queue)`` in one process per share; all start together. Returns the
-    wall time from the start signal to the last finish, and each process's result."""
-    connections.close_all()
-    go = _fork.Event()
-    queue = _fork.Queue()
-    procs = [_fork.Process(target=target, args=(share, go, queue)) for share in shares]
-    for proc in procs:
-        proc.start()
-    time.sleep(0.2)  # let every client connect before the clock starts
-    started = time.perf_counter()
-    go.set()
-    results = [queue.get(timeout=600) for _ in procs]
-    elapsed = time.perf_counter() - started
-    for proc in procs:
-        proc.join(timeout=60)
-    return elapsed, results
 
 
 # --- (a) raw insert --------------------------------------------------------------------------
@@ -117,7 +74,7 @@ def _raw_client(batches: list[list[tuple[Any, ...]]], go: Any, queue: Any) -> No
 
     latencies = []
     sql = _RAW_SQL.format(table=SCRATCH)
-    with psycopg.connect(**_dsn()) as conn:
+    with psycopg.connect(**psycopg_dsn()) as conn:
         go.wait()
         for rows in batches:
             t0 = time.perf_counter()
@@ -146,7 +103,7 @@ def _raw_phase(batches: list[list[tuple[Any, ...]]], clients: int) -> tuple[floa
             f"ADD FOREIGN KEY (metric_id) REFERENCES {Metric._meta.db_table} (id) "
             "DEFERRABLE INITIALLY DEFERRED"
         )
-    elapsed, results = _run_clients(_raw_client, _split(batches, clients))
+    elapsed, results = run_clients(_raw_client, split(batches, clients))
     return elapsed, [x for r in results for x in r]
 
 
@@ -179,8 +136,8 @@ def _http_client(share: tuple[int, str, list[bytes]], go: Any, queue: Any) -> No
 def _http_phase(
     port: int, auth: str, bodies: list[bytes], clients: int
 ) -> tuple[float, list[float], dict[str, int], dict[int, int]]:
-    shares = [(port, auth, part) for part in _split(bodies, clients)]
-    elapsed, results = _run_clients(_http_client, shares)
+    shares = [(port, auth, part) for part in split(bodies, clients)]
+    elapsed, results = run_clients(_http_client, shares)
     outcomes: dict[str, int] = {}
     statuses: dict[int, int] = {}
     for _, out, st in results:
@@ -283,7 +240,7 @@ def _single_py_client(share: tuple[int, str, list[bytes], float], go: Any, queue
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    parts = _split(bodies, 4)
+    parts = split(bodies, 4)
     deadline = [0.0]
 
     def worker(mine: list[bytes]) -> None:
@@ -318,14 +275,14 @@ def _single_python(
     port: int, auth: str, seconds: int, conns: int, bodies: list[bytes]
 ) -> dict[str, Any]:
     procs = max(1, conns // 4)
-    shares = [(port, auth, part, float(seconds)) for part in _split(bodies, procs)]
-    elapsed, results = _run_clients(_single_py_client, shares)
+    shares = [(port, auth, part, float(seconds)) for part in split(bodies, procs)]
+    elapsed, results = run_clients(_single_py_client, shares)
     latencies = [x for r in results for x in r[0]]
     return {
         "tool": "python",
         "rps": len(latencies) / elapsed,
-        "p50": _pct(latencies, 0.5) * 1000,
-        "p99": _pct(latencies, 0.99) * 1000,
+        "p50": percentile(latencies, 0.5) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
         "errors": sum(r[1] for r in results),
         "requests": len(latencies),
     }
@@ -489,7 +446,7 @@ def run(command: BaseCommand, **options: Any) -> bool:
     ok = batch_ok and single_ok and dup_ok
 
     def ms(values: list[float], q: float) -> str:
-        return f"{_pct(values, q) * 1000:7.1f}"
+        return f"{percentile(values, q) * 1000:7.1f}"
 
     lines = [
         "",

@@ -26,7 +26,7 @@ from django.db import connection, connections
 
 # Client processes and percentiles are shared with the ingest benchmark so both measure the
 # same way; the loopback gunicorn is the kernel's.
-from ingest.benchmark import _dsn, _pct, _run_clients, _split
+from neruba.benchmarking import percentile, psycopg_dsn, run_clients, split
 from neruba.models import Customer
 from neruba.servers import free_port, gunicorn_start, gunicorn_stop
 from webhooks.models import StripeEvent
@@ -99,7 +99,7 @@ def _raw_client(rows: list[tuple[Any, ...]], go: Any, queue: Any) -> None:
     placeholders = ",".join("%s::jsonb" if c in ("payload", "headers") else "%s" for c in _COLUMNS)
     sql = f"INSERT INTO {SCRATCH} ({','.join(_COLUMNS)}) VALUES ({placeholders})"  # noqa: S608
     latencies = []
-    with psycopg.connect(**_dsn()) as conn:
+    with psycopg.connect(**psycopg_dsn()) as conn:
         go.wait()
         for row in rows:
             t0 = time.perf_counter()
@@ -142,7 +142,7 @@ def _raw_phase(
                 now,
             )
         )
-    elapsed, results = _run_clients(_raw_client, _split(rows, clients))
+    elapsed, results = run_clients(_raw_client, split(rows, clients))
     return elapsed, [x for r in results for x in r]
 
 
@@ -196,8 +196,8 @@ def _healthz_client(share: tuple[int, float, int], go: Any, queue: Any) -> None:
 def _http_phase(
     port: int, secret: str, seconds: float, bodies: list[tuple[str, bytes]], clients: int
 ) -> tuple[float, list[float], dict[str, int]]:
-    shares = [(port, secret, seconds, part) for part in _split(bodies, clients)]
-    elapsed, results = _run_clients(_http_client, shares)
+    shares = [(port, secret, seconds, part) for part in split(bodies, clients)]
+    elapsed, results = run_clients(_http_client, shares)
     merged: dict[str, int] = {}
     for _, counts in results:
         for key, n in counts.items():
@@ -245,9 +245,7 @@ def run(command: BaseCommand, **options: Any) -> bool:
         _http_phase(port, secret, seconds, warm, clients)
 
         # The same stack answering GET /healthz: the ceiling this machine gives any request.
-        ceiling_s, ceiling = _run_clients(
-            _healthz_client, [(port, seconds, n // clients)] * clients
-        )
+        ceiling_s, ceiling = run_clients(_healthz_client, [(port, seconds, n // clients)] * clients)
         ceiling_lat = [x for r in ceiling for x in r]
         ceiling_rate = len(ceiling_lat) / ceiling_s
 
@@ -276,7 +274,7 @@ def run(command: BaseCommand, **options: Any) -> bool:
     )
 
     def ms(values: list[float], q: float) -> str:
-        return f"{_pct(values, q) * 1000:7.1f}"
+        return f"{percentile(values, q) * 1000:7.1f}"
 
     lines = [
         "",

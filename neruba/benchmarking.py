@@ -1,0 +1,54 @@
+"""Shared pieces of the benchmarks: client processes that start together, percentiles, the
+psycopg connection parameters of the configured database."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+
+_fork = multiprocessing.get_context("fork")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def psycopg_dsn() -> dict[str, Any]:
+    db = settings.DATABASES["default"]
+    params = {"dbname": db["NAME"], "user": db.get("USER") or None, "host": db.get("HOST")}
+    if db.get("PORT"):
+        params["port"] = db["PORT"]
+    if db.get("PASSWORD"):
+        params["password"] = db["PASSWORD"]
+    return {k: v for k, v in params.items() if v}
+
+
+def split(items: list[Any], parts: int) -> list[list[Any]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+def run_clients(target: Any, shares: list[Any]) -> tuple[float, list[Any]]:
+    """Runs ``target(share, queue)`` in one process per share; all start together. Returns the
+    wall time from the start signal to the last finish, and each process's result."""
+    connections.close_all()
+    go = _fork.Event()
+    queue = _fork.Queue()
+    procs = [_fork.Process(target=target, args=(share, go, queue)) for share in shares]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.2)  # let every client connect before the clock starts
+    started = time.perf_counter()
+    go.set()
+    results = [queue.get(timeout=600) for _ in procs]
+    elapsed = time.perf_counter() - started
+    for proc in procs:
+        proc.join(timeout=60)
+    return elapsed, results
