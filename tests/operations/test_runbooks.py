@@ -95,3 +95,34 @@ def test_runbooks_render_in_the_console_for_staff_only(console_user) -> None:
         page = client.get(f"/console/runbooks/{book.slug}")
         assert page.status_code == 200 and "<h1" in page.content.decode()
     assert client.get("/console/runbooks/nope").status_code == 404
+
+
+def test_every_runbook_link_on_a_console_object_points_at_an_existing_section() -> None:
+    from operations.templatetags.runbook_links import RUNBOOK_LINKS
+
+    books = {b.slug: runbook_html(b) for b in runbook_list()}
+    for label, links in RUNBOOK_LINKS.items():
+        for _, slug, anchor in links:
+            assert slug in books, f"{label}: no runbook {slug}"
+            assert f'id="{anchor}"' in books[slug], f"{label}: no #{anchor} in {slug}"
+
+
+@pytest.mark.django_db
+def test_a_stripe_event_page_links_to_its_runbook_sections(console_user) -> None:
+    from django.utils import timezone
+
+    from webhooks.models import StripeEvent
+
+    event = StripeEvent.objects.create(
+        stripe_id="evt_rb",
+        type="invoice.paid",
+        created=timezone.now(),
+        raw_body=b"{}",
+        payload={},
+        status="dead",
+    )
+    client = Client()
+    client.force_login(console_user("Operations"))
+    page = client.get(f"/admin/webhooks/stripeevent/{event.pk}/change/").content.decode()
+    assert "/console/runbooks/webhooks#failed-and-dead-events" in page
+    assert "/console/runbooks/webhooks#replaying-stripe-events" in page
