@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "neruba.settings")
 
@@ -52,3 +53,14 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
 @app.on_after_configure.connect
 def _setup_beat(sender: Celery, **kwargs: object) -> None:
     sender.conf.beat_schedule = _beat_schedule()
+
+
+@worker_ready.connect
+def _serve_worker_metrics(sender: object = None, **kwargs: object) -> None:
+    from django.conf import settings
+
+    from neruba.metrics import worker_metrics_serve
+
+    port = settings.NERUBA["NERUBA_WORKER_METRICS_PORT"]
+    if port:
+        worker_metrics_serve(port=port)

@@ -203,6 +203,13 @@ VARIABLES: tuple[Var, ...] = (
         production_default="31536000",
     ),
     Var("METRICS_TOKEN", "str", "", "Bearer token required by /metrics when set.", secret=True),
+    Var(
+        "NERUBA_WORKER_METRICS_PORT",
+        "int",
+        "0",
+        "Port on which each Celery worker serves its Prometheus metrics (0: off). Set "
+        "PROMETHEUS_MULTIPROC_DIR on the worker too so its pool processes are counted.",
+    ),
     Var("LOG_LEVEL", "choice", "INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Var(
         "LOG_FORMAT",

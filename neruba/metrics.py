@@ -47,3 +47,17 @@ LOCK_ACQUISITIONS = Counter(
 )
 SWEEP_FINDINGS = Counter("neruba_sweep_findings_total", "Sweep findings by sweep.", ["sweep"])
 REPLAYS = Counter("neruba_replays_total", "Replays by kind and outcome.", ["kind", "outcome"])
+
+
+def worker_metrics_serve(*, port: int) -> None:
+    """Serves /metrics from a Celery worker's main process. In multiprocess mode (the pool's
+    child processes write to PROMETHEUS_MULTIPROC_DIR) it adds every process up."""
+    import os
+
+    from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)

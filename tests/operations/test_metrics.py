@@ -56,3 +56,22 @@ def test_metrics_require_the_bearer_token_when_one_is_set() -> None:
         ok = client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-metrics-token")
         assert ok.status_code == 200
         assert "neruba_backlog_scrape_ok" in _families(ok.content)
+
+
+def test_a_celery_worker_serves_its_metrics_on_the_configured_port() -> None:
+    import urllib.request
+
+    from neruba.celery import _serve_worker_metrics
+    from neruba.metrics import REPLAYS
+    from neruba.servers import free_port
+
+    port = free_port()
+    REPLAYS.labels(kind="webhook", outcome="processed").inc()
+    with override_settings(NERUBA=_metrics_setting("") | {"NERUBA_WORKER_METRICS_PORT": port}):
+        _serve_worker_metrics()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    samples = _families(body)["neruba_replays"]
+    assert any(
+        labels == {"kind": "webhook", "outcome": "processed"} and value >= 1
+        for _, labels, value in samples
+    )
