@@ -22,15 +22,14 @@ class RequestIdMiddleware:
         incoming = request.headers.get("X-Request-ID", "")
         rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         request.request_id = rid  # type: ignore[attr-defined]
-        tokens = [context.request_id.set(rid)]
-        try:
-            response = self.get_response(request)
-        finally:
-            for token in tokens:
-                context.request_id.reset(token)
-            context.api_key_prefix.set("")
-            context.idempotency_key.set("")
-            context.stripe_event_id.set("")
+        # Set (not reset) per request: Django logs 4xx/5xx responses after the middleware chain
+        # returns, and those lines must still carry this request's id. The per-request fields
+        # start empty so a thread never reuses the previous request's key or event id.
+        context.request_id.set(rid)
+        context.api_key_prefix.set("")
+        context.idempotency_key.set("")
+        context.stripe_event_id.set("")
+        response = self.get_response(request)
         response["X-Request-ID"] = rid
         return response
 

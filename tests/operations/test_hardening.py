@@ -61,3 +61,37 @@ def test_every_response_carries_a_request_id_and_security_headers(client: Client
     assert response["X-Frame-Options"] == "DENY"
     bad = client.get("/healthz", HTTP_X_REQUEST_ID="not valid id with spaces")
     assert bad["X-Request-ID"] != "not valid id with spaces" and len(bad["X-Request-ID"]) == 32
+
+
+@pytest.mark.django_db
+def test_json_log_lines_carry_request_id_and_api_key_prefix_and_no_secrets(api) -> None:
+    import io
+    import json
+
+    from django.conf import settings
+    from pythonjsonlogger.json import JsonFormatter
+
+    from neruba.logging import RequestContextFilter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(settings.LOGGING["formatters"]["json"]["fmt"]))
+    handler.addFilter(RequestContextFilter())
+    handler.addFilter(RedactSecretsFilter())
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        client = api("ingest")  # lacks `read`: the 403 is logged by django.request
+        client.credentials(
+            HTTP_AUTHORIZATION=client._credentials["HTTP_AUTHORIZATION"],
+            HTTP_X_REQUEST_ID="req-json-1",
+        )
+        assert client.get("/api/v1/customers").status_code == 403
+        logging.getLogger("django.request").warning("leaked whsec_c2VjcmV0c2VjcmV0 in a message")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    forbidden = next(line for line in lines if "Forbidden" in line["message"])
+    assert forbidden["request_id"] == "req-json-1"
+    assert len(forbidden["api_key_prefix"]) == 8
+    assert "whsec_" not in stream.getvalue()
