@@ -170,6 +170,7 @@ AXES_FAILURE_LIMIT: int = CONFIG["NERUBA_ADMIN_LOGIN_MAX_FAILURES"]
 AXES_COOLOFF_TIME = timedelta(minutes=15)
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
 AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner line on every command and process start
 AXES_ENABLE_ADMIN = False
 AXES_CLIENT_IP_CALLABLE = "neruba.middleware.client_ip"
 AXES_LOCKOUT_TEMPLATE = "admin/neruba/locked_out.html"
