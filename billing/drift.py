@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing.exceptions import FindingNotOpen, ResolutionInvalid
 from billing.models import BillingWindow, DriftFinding, Invoice, InvoiceLine, Price
 from billing.pricing import amount_round, decimal_str, price_amount
 from billing.selectors import prices_by_plan
@@ -36,7 +37,7 @@ from billing.services import UNPAID, RerunResult, invoice_rerun
 from billing.usage import WindowRef, usage_for_windows
 from ingest.models import Metric
 from neruba import audit
-from neruba.errors import Conflict, ValidationFailed
+from neruba.errors import ValidationFailed
 from neruba.fencing import fenced, lease_renew
 from neruba.locks import Lease
 
@@ -57,16 +58,6 @@ JOIN billing_billingwindow w
  AND e.timestamp < w.period_end
 WHERE e.late AND e.received_at >= %s
 """
-
-
-class FindingNotOpen(Conflict):
-    code = "finding_not_open"
-    message = "The drift finding is already resolved or ignored."
-
-
-class ResolutionInvalid(Conflict):
-    code = "resolution_invalid"
-    message = "That resolution does not apply to this finding."
 
 
 def _live_invoices() -> Any:

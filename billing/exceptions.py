@@ -42,3 +42,13 @@ class ProviderError(NerubaError):
     code = "provider_error"
     http_status = 502
     message = "The payment provider refused or failed the request."
+
+
+class FindingNotOpen(Conflict):
+    code = "finding_not_open"
+    message = "The drift finding is already resolved or ignored."
+
+
+class ResolutionInvalid(Conflict):
+    code = "resolution_invalid"
+    message = "That resolution does not apply to this finding."

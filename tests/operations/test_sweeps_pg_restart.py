@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
@@ -53,7 +54,14 @@ def _client(number: int, at: str, started: str) -> dict[str, int]:
             try:
                 result = events_ingest(payloads=payloads, api_key=None)
                 break
-            except (OperationalError, InterfaceError):
+            # ingest's customer lookup runs on the raw psycopg cursor, so psycopg's own
+            # connection errors arrive unwrapped next to Django's.
+            except (
+                OperationalError,
+                InterfaceError,
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+            ):
                 totals["retries"] += 1
                 assert time.monotonic() < deadline, "the database did not come back"
                 try:
