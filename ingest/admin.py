@@ -3,9 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.core.paginator import Paginator
 from django.urls import reverse
-from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from ingest import selectors, services
@@ -13,22 +11,12 @@ from ingest.exceptions import ReplayFailed
 from ingest.models import IngestBatch, IngestRejection, Metric, Outcome, UsageEvent
 from neruba.admin_actions import (
     AuditedAdminMixin,
+    CappedCountPaginator,
     GuardedAdminMixin,
     ReadOnlyAdminMixin,
     guarded_action,
 )
 from neruba.admin_site import console
-
-COUNT_CAP = 10_000
-
-
-class CappedCountPaginator(Paginator):
-    """Counts at most ``COUNT_CAP`` rows: a full ``COUNT(*)`` over millions of events would
-    cost more than the page itself. Past the cap the last page shown is the cap's."""
-
-    @cached_property
-    def count(self) -> int:
-        return self.object_list[: COUNT_CAP + 1].count()  # type: ignore[union-attr]
 
 
 @admin.register(Metric, site=console)

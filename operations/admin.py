@@ -385,7 +385,6 @@ EVENT_SOURCES = ("api", "replay", "demo")
 class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.UsageEventAdmin):
     list_filter = ["late", choices_filter("source", "source", EVENT_SOURCES), "metric"]
     exact_search_fields = ["idempotency_key"]
-    paginator = CappedCountPaginator
 
     def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
         context = super().console_context(request, obj)
@@ -407,7 +406,6 @@ class IngestRejectionConsoleAdmin(
         "created_at",
     ]
     exact_search_fields = ["idempotency_key", "customer_ref", "metric_ref"]
-    paginator = CappedCountPaginator
 
     def console_context(self, request: HttpRequest, obj: IngestRejection) -> dict[str, Any]:
         context = super().console_context(request, obj)
