@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Max, Sum
+from django.db.models import Count, Max, Q, Sum
 
 from ingest.models import UsageEvent
 
@@ -129,7 +129,8 @@ def usage_between(
             count=Count("id"),
             total=Sum("value"),
             peak=Max("value"),
-            distinct=Count("distinct_value", distinct=True),
+            # Same rule as invoicing (_DISTINCT): an empty distinct value is not a value.
+            distinct=Count("distinct_value", distinct=True, filter=~Q(distinct_value="")),
         )
     )
     out: dict[int, Decimal] = {}

@@ -131,3 +131,32 @@ def test_usage_shows_the_open_window_quantities_and_amount_so_far(
     assert quantities == {None: "1", "api_calls": "10", "compute_seconds": "120"}
     # 1000 base + 10 x 0.5 + (100 x 1 + 20 x 0.5)
     assert window["amount"] == 1000 + 5 + 110
+
+
+@pytest.mark.django_db
+def test_usage_so_far_counts_distinct_values_as_invoicing_does() -> None:
+    from datetime import UTC, datetime
+
+    from billing.usage import usage_between
+    from ingest.models import UsageEvent
+    from tests.factories import CustomerFactory, MetricFactory
+
+    customer = CustomerFactory()
+    users = MetricFactory(code="mau", aggregation="unique_count", field="user_id")
+    at = datetime(2026, 11, 2, tzinfo=UTC)
+    for n, distinct in enumerate(["u1", "u2", "u1", ""]):
+        UsageEvent.objects.create(
+            idempotency_key=f"k{n}",
+            customer=customer,
+            metric=users,
+            timestamp=at,
+            distinct_value=distinct,
+            payload_hash="x",
+        )
+    quantities = usage_between(
+        customer_id=customer.pk,
+        metric_aggregations={users.pk: "unique_count"},
+        start=datetime(2026, 11, 1, tzinfo=UTC),
+        end=datetime(2026, 12, 1, tzinfo=UTC),
+    )
+    assert quantities[users.pk] == 2
