@@ -236,9 +236,7 @@ def test_resolve_drift_is_a_dry_run_by_default_and_applies_with_a_reason(
     assert "supersede" in out.getvalue() and "dry run" in out.getvalue()
     assert Invoice.objects.count() == 1 and DriftFinding.objects.get().status == "open"
     with pytest.raises(CommandError, match="reason"):
-        call_command(
-            "resolve_drift", "--finding", str(finding.pk), "--action", "rerun", "--apply"
-        )
+        call_command("resolve_drift", "--finding", str(finding.pk), "--action", "rerun", "--apply")
     out = StringIO()
     call_command(
         "resolve_drift",
