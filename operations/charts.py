@@ -34,6 +34,7 @@ def stacked_bars(
     bar_w = (width - 40) / n
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" '
+        f'viewBox="0 0 {width} {height + 30}" '
         f'role="img" aria-label="{escape(title)}" class="neruba-chart">',
         f"<title>{escape(title)}</title>",
         f'<text x="0" y="12" font-size="11">{peak}</text>',
