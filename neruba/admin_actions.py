@@ -67,7 +67,9 @@ def guarded_action(
     ) -> HttpResponse | None:
         if not request.user.has_perm(permission):
             raise PermissionDenied(f"{label} needs the {permission} permission.")
-        objects = list(queryset[:MAX_OBJECTS])
+        objects = list(queryset[: MAX_OBJECTS + 1])
+        capped = len(objects) > MAX_OBJECTS
+        objects = objects[:MAX_OBJECTS]
         reason = request.POST.get("reason", "").strip()
         reason_missing = False
         confirming = request.POST.get("confirm") == "yes"
@@ -114,6 +116,7 @@ def guarded_action(
             "rows": rows,
             "more": max(0, len(objects) - MAX_PREVIEWS),
             "count": len(objects),
+            "capped": MAX_OBJECTS if capped else 0,
             "action_name": name,
             "selected": [str(o.pk) for o in objects],
             "reason": reason,

@@ -62,7 +62,8 @@ class ApiKeyAuthentication(BaseAuthentication):
         if not header:
             return None
         keyword, _, key = header.partition(" ")
-        if keyword != KEYWORD or not key.strip():
+        # Authentication schemes are case-insensitive (RFC 9110 §11.1).
+        if keyword.lower() != KEYWORD.lower() or not key.strip():
             raise exceptions.AuthenticationFailed("Use the header `Authorization: Api-Key <key>`.")
         key = key.strip()
         try:

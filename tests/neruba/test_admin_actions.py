@@ -263,3 +263,27 @@ def test_a_failing_service_call_is_counted_as_failed_with_its_message(
     assert action(console._registry[ApiKey], request, ApiKey.objects.order_by("pk")) is None
     (message,) = [str(m) for m in get_messages(request)]
     assert message == "Pin: 0 done, 1 skipped, 1 failed. live: the key is pinned"
+
+
+@pytest.mark.django_db
+def test_the_confirmation_page_says_when_a_selection_is_capped(console_user) -> None:
+    from django.test import Client
+
+    from neruba.admin_actions import MAX_OBJECTS
+    from neruba.models import SchedulerLock
+
+    SchedulerLock.objects.bulk_create(
+        SchedulerLock(name=f"lock-{n}") for n in range(MAX_OBJECTS + 1)
+    )
+    client = Client()
+    client.force_login(console_user("superuser"))
+    ids = list(SchedulerLock.objects.values_list("pk", flat=True))
+    page = client.post(
+        "/admin/neruba/schedulerlock/", {"action": "release_locks", "_selected_action": ids}
+    )
+    assert page.status_code == 200
+    assert f"Only the first {MAX_OBJECTS} selected records" in page.content.decode()
+    few = client.post(
+        "/admin/neruba/schedulerlock/", {"action": "release_locks", "_selected_action": ids[:3]}
+    )
+    assert "Only the first" not in few.content.decode()

@@ -214,3 +214,11 @@ def test_a_nul_character_in_the_url_is_a_client_error_not_a_server_error(
         response = call(client, method, target)
         assert 400 <= response.status_code < 500, (target, response.content)
         assert set(response.json()) == {"error"}
+
+
+@pytest.mark.django_db
+def test_the_api_key_scheme_name_is_case_insensitive(make_api_key) -> None:
+    _, raw = make_api_key("read")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"api-key {raw}")
+    assert client.get("/api/v1/customers").status_code == 200
