@@ -9,7 +9,6 @@ from django.utils import timezone
 
 from billing.exceptions import InvoiceNotFound, PlanNotFound
 from billing.models import (
-    BillingWindow,
     CreditEntry,
     Invoice,
     InvoiceLine,
@@ -95,7 +94,7 @@ class CurrentUsage:
 def usage_current(*, customer: Customer, at: datetime | None = None) -> list[CurrentUsage]:
     """The open window of each active subscription: quantities so far and the amount they
     would bill at (base fee included), aggregated in the database."""
-    from billing.services import invoice_draft
+    from billing.services import WindowRow, invoice_draft
 
     at = at or timezone.now()
     prices = prices_by_plan()
@@ -122,8 +121,13 @@ def usage_current(*, customer: Customer, at: datetime | None = None) -> list[Cur
             start=bounds[0],
             end=min(bounds[1], at + timedelta(microseconds=1)),
         )
-        window = BillingWindow(
-            subscription=subscription, period_start=bounds[0], period_end=bounds[1]
+        window = WindowRow(
+            id=None,
+            subscription_id=subscription.pk,
+            customer_id=customer.pk,
+            plan=subscription.plan,
+            period_start=bounds[0],
+            period_end=bounds[1],
         )
         draft = invoice_draft(window=window, usage=usage, prices=plan_prices)
         out.append(

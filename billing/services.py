@@ -202,7 +202,7 @@ def metric_for_code(code: str) -> Metric:
 
 BILLING_LOCK = "billing-scan"
 DEFAULT_CHUNK = 10000
-DEFAULT_BATCH = 200
+DEFAULT_BATCH = 1000
 
 
 @dataclass
@@ -224,9 +224,34 @@ class LineDraft:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """What billing needs of a window. A scan handles thousands of windows, so it reads these
+    as plain rows instead of building a window and a subscription model instance for each."""
+
+    id: int | None
+    subscription_id: int
+    customer_id: int
+    plan: Plan
+    period_start: datetime
+    period_end: datetime
+
+    @classmethod
+    def of(cls, window: BillingWindow) -> WindowRow:
+        subscription = window.subscription
+        return cls(
+            id=window.pk,
+            subscription_id=subscription.pk,
+            customer_id=subscription.customer_id,
+            plan=subscription.plan,
+            period_start=window.period_start,
+            period_end=window.period_end,
+        )
+
+
 @dataclass
 class InvoiceDraft:
-    window: BillingWindow
+    window: WindowRow
     lines: list[LineDraft]
 
     @property
@@ -324,11 +349,34 @@ def windows_due(*, cutoff: datetime) -> QuerySet[BillingWindow]:
     )
 
 
-def _plans_attach(windows: list[BillingWindow]) -> None:
-    """Sets each window's plan from one query: a handful of plans serve thousands of windows."""
-    plans = Plan.objects.in_bulk({w.subscription.plan_id for w in windows})
-    for window in windows:
-        window.subscription.plan = plans[window.subscription.plan_id]
+_ROW_FIELDS = (
+    "id",
+    "subscription_id",
+    "subscription__customer_id",
+    "subscription__plan_id",
+    "period_start",
+    "period_end",
+)
+
+
+def _window_rows(windows: QuerySet[BillingWindow], plans: dict[int, Plan]) -> list[WindowRow]:
+    """The windows as rows, each with its plan from ``plans`` (a handful of plans serve
+    thousands of windows; missing ones are loaded)."""
+    raw = list(windows.values_list(*_ROW_FIELDS))
+    missing = {plan_id for _, _, _, plan_id, _, _ in raw} - plans.keys()
+    if missing:
+        plans.update(Plan.objects.in_bulk(missing))
+    return [
+        WindowRow(
+            id=pk,
+            subscription_id=sub_id,
+            customer_id=customer_id,
+            plan=plans[plan_id],
+            period_start=start,
+            period_end=end,
+        )
+        for pk, sub_id, customer_id, plan_id, start, end in raw
+    ]
 
 
 def _aggregations() -> dict[int, str]:
@@ -336,11 +384,11 @@ def _aggregations() -> dict[int, str]:
 
 
 def invoice_draft(
-    *, window: BillingWindow, usage: dict[int, Decimal], prices: list[Price]
+    *, window: WindowRow, usage: dict[int, Decimal], prices: list[Price]
 ) -> InvoiceDraft:
     """Prices one window: the base fee (not prorated for partial first/last windows) and one
     line per priced metric, each rounded half-even once."""
-    plan = window.subscription.plan
+    plan = window.plan
     lines: list[LineDraft] = []
     if plan.base_amount:
         lines.append(
@@ -377,10 +425,11 @@ def invoice_draft(
     return InvoiceDraft(window=window, lines=lines)
 
 
-def _window_ref(window: BillingWindow, prices: list[Price]) -> WindowRef:
+def _window_ref(window: WindowRow, prices: list[Price]) -> WindowRef:
+    assert window.id is not None
     return WindowRef(
-        window_id=window.pk,
-        customer_id=window.subscription.customer_id,
+        window_id=window.id,
+        customer_id=window.customer_id,
         period_start=window.period_start,
         period_end=window.period_end,
         metric_ids=frozenset(p.metric_id for p in prices),
@@ -389,9 +438,10 @@ def _window_ref(window: BillingWindow, prices: list[Price]) -> WindowRef:
 
 def window_draft(*, window: BillingWindow) -> InvoiceDraft:
     """Prices one window from the events stored now (used by reruns and previews)."""
-    prices = prices_by_plan().get(window.subscription.plan_id, [])
-    usage = usage_for_windows(windows=[_window_ref(window, prices)], aggregations=_aggregations())
-    return invoice_draft(window=window, usage=usage.get(window.pk, {}), prices=prices)
+    row = WindowRow.of(window)
+    prices = prices_by_plan().get(row.plan.pk, [])
+    usage = usage_for_windows(windows=[_window_ref(row, prices)], aggregations=_aggregations())
+    return invoice_draft(window=row, usage=usage.get(window.pk, {}), prices=prices)
 
 
 def _numbers_take(*, count: int, at: datetime) -> list[str]:
@@ -407,7 +457,7 @@ def _numbers_take(*, count: int, at: datetime) -> list[str]:
 
 def _balances(*, customer_ids: set[int], lock: bool) -> dict[tuple[int, str], int]:
     rows = (
-        CreditEntry.objects.filter(customer_id__in=customer_ids)
+        CreditEntry.objects.filter(customer_id__any=list(customer_ids))
         .values("customer_id", "currency")
         .annotate(total=Sum("amount"))
     )
@@ -415,7 +465,9 @@ def _balances(*, customer_ids: set[int], lock: bool) -> dict[tuple[int, str], in
     positive = {cid for (cid, _), total in balances.items() if total > 0}
     if lock and positive:
         # Consumption must not race another consumption (a rerun) for the same balance.
-        list(Customer.objects.select_for_update().filter(id__in=positive).values_list("id"))
+        list(
+            Customer.objects.select_for_update().filter(id__any=sorted(positive)).values_list("id")
+        )
         return _balances(customer_ids=positive, lock=False)
     return balances
 
@@ -436,34 +488,66 @@ def _enqueue_syncs(sync_ids: list[int]) -> None:
     transaction.on_commit(send)
 
 
-COPY_THRESHOLD = 20
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """An invoice a billing write created."""
+
+    id: int
+    number: str
+    total: int
 
 
-def _rows_insert(*, model: type[models.Model], rows: list[Any]) -> None:
-    """Inserts new rows and sets their ids. On PostgreSQL, big batches take ids from the table's
-    sequence and go in with COPY: the billing pass is then bounded by the aggregation, not by
-    the ORM preparing every value (bulk_create costs about a millisecond per invoice)."""
-    if connection.vendor != "postgresql" or len(rows) < COPY_THRESHOLD:
-        model._default_manager.bulk_create(rows)
-        return
+def _rows_insert(*, model: type[models.Model], columns: list[str], rows: list[tuple]) -> list[int]:
+    """Inserts plain rows (values in ``columns`` order) and returns their ids in row order.
+
+    On PostgreSQL the ids come from the table's sequence in one query and the rows go in with
+    one COPY: a billing pass writes tens of thousands of rows, and building a model instance
+    for each (as ``bulk_create`` needs) would cost more than aggregating the usage. Elsewhere
+    (SQLite, development and tests) it is ``bulk_create``."""
+    if not rows:
+        return []
+    if connection.vendor != "postgresql":
+        objs = model._default_manager.bulk_create(
+            [model(**dict(zip(columns, row, strict=True))) for row in rows]
+        )
+        return [obj.pk for obj in objs]
     table = model._meta.db_table
-    fields = model._meta.concrete_fields
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
             [table, len(rows)],
         )
-        for row, (pk,) in zip(rows, cursor.fetchall(), strict=True):
-            row.pk = pk
-        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-        attnames = [f.attname for f in fields]
-        raw = cursor.cursor  # the psycopg cursor under Django's wrapper
-        with raw.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([getattr(row, name) for name in attnames])
-    for row in rows:
-        row._state.adding = False
-        row._state.db = connection.alias
+        ids = [pk for (pk,) in cursor.fetchall()]
+        names = ", ".join(connection.ops.quote_name(c) for c in ["id", *columns])
+        with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for pk, row in zip(ids, rows, strict=True):
+                copy.write_row((pk, *row))
+    return ids
+
+
+_INVOICE_COLUMNS = [
+    "number",
+    "customer_id",
+    "subscription_id",
+    "window_id",
+    "kind",
+    "status",
+    "currency",
+    "period_start",
+    "period_end",
+    "subtotal",
+    "credits_applied",
+    "total",
+    "supersedes_id",
+    "run_id",
+    "issued_at",
+    "status_changed_at",
+    "provider",
+    "provider_invoice_id",
+]
+_LINE_COLUMNS = ["invoice_id", "metric_id", "description", "quantity", "unit_amount", "amount"]
+_SYNC_COLUMNS = ["invoice_id", "action", "status", "attempts", "next_attempt_at", "last_error"]
+_SYNC_COLUMNS += ["created_at"]
 
 
 def _invoices_write(
@@ -473,7 +557,7 @@ def _invoices_write(
     run: BillingRun | None,
     kind: str = "regular",
     supersedes: dict[int, Invoice] | None = None,
-) -> list[Invoice]:
+) -> list[Issued]:
     """Writes finalized invoices for ``drafts`` in the caller's transaction: fence, gapless
     numbers, lines, credit consumption, the provider outbox row, window status and the ingest
     watermark. The partial unique constraint raises IntegrityError for a window already billed."""
@@ -481,62 +565,68 @@ def _invoices_write(
         lock_assert_held(lease=lease)
     now = timezone.now()
     numbers = _numbers_take(count=len(drafts), at=now)
-    customer_ids = {d.window.subscription.customer_id for d in drafts}
-    balances = _balances(customer_ids=customer_ids, lock=True)
+    balances = _balances(customer_ids={d.window.customer_id for d in drafts}, lock=True)
     provider = _provider_name()
-    invoices: list[Invoice] = []
+    run_id = run.pk if run is not None else None
+    supersedes = supersedes or {}
+    invoices: list[tuple] = []
     consumptions: list[tuple[int, int, str, int]] = []  # (index, customer, currency, amount)
     for index, (draft, number) in enumerate(zip(drafts, numbers, strict=True)):
         window = draft.window
-        subscription = window.subscription
-        currency = subscription.plan.currency
-        key = (subscription.customer_id, currency)
+        currency = window.plan.currency
+        key = (window.customer_id, currency)
         subtotal = draft.subtotal
         credits = credits_applicable(subtotal=subtotal, balance=balances.get(key, 0))
         if credits:
             balances[key] -= credits
-            consumptions.append((index, subscription.customer_id, currency, credits))
+            consumptions.append((index, window.customer_id, currency, credits))
+        superseded = supersedes.get(window.id) if window.id is not None else None
         invoices.append(
-            Invoice(
-                number=number,
-                customer_id=subscription.customer_id,
-                subscription_id=subscription.pk,
-                window_id=window.pk,
-                kind=kind,
-                status=Invoice.Status.FINALIZED,
-                currency=currency,
-                period_start=window.period_start,
-                period_end=window.period_end,
-                subtotal=subtotal,
-                credits_applied=credits,
-                total=subtotal - credits,
-                supersedes=(supersedes or {}).get(window.pk),
-                run=run,
-                issued_at=now,
-                status_changed_at=now,
-                provider=provider,
+            (
+                number,
+                window.customer_id,
+                window.subscription_id,
+                window.id,
+                kind,
+                Invoice.Status.FINALIZED.value,
+                currency,
+                window.period_start,
+                window.period_end,
+                subtotal,
+                credits,
+                subtotal - credits,
+                superseded.pk if superseded is not None else None,
+                run_id,
+                now,
+                now,
+                provider,
+                "",
             )
         )
-    lines = [
-        InvoiceLine(
-            invoice=invoice,
-            metric_id=line.metric_id,
-            description=line.description,
-            quantity=line.quantity,
-            unit_amount=line.unit_amount,
-            amount=line.amount,
-        )
-        for invoice, draft in zip(invoices, drafts, strict=True)
-        for line in draft.lines
-    ]
-    syncs = [ProviderSync(invoice=invoice, action=ProviderSync.Action.PUSH) for invoice in invoices]
-    _rows_insert(model=Invoice, rows=invoices)
-    for line in lines:
-        line.invoice_id = line.invoice.pk
-    for sync in syncs:
-        sync.invoice_id = sync.invoice.pk
-    _rows_insert(model=InvoiceLine, rows=lines)
-    _rows_insert(model=ProviderSync, rows=syncs)
+    ids = _rows_insert(model=Invoice, columns=_INVOICE_COLUMNS, rows=invoices)
+    _rows_insert(
+        model=InvoiceLine,
+        columns=_LINE_COLUMNS,
+        rows=[
+            (
+                invoice_id,
+                line.metric_id,
+                line.description,
+                line.quantity,
+                line.unit_amount,
+                line.amount,
+            )
+            for invoice_id, draft in zip(ids, drafts, strict=True)
+            for line in draft.lines
+        ],
+    )
+    push = ProviderSync.Action.PUSH.value
+    pending = ProviderSync.Status.PENDING.value
+    sync_ids = _rows_insert(
+        model=ProviderSync,
+        columns=_SYNC_COLUMNS,
+        rows=[(invoice_id, push, pending, 0, now, "", now) for invoice_id in ids],
+    )
     if consumptions:
         CreditEntry.objects.bulk_create(
             [
@@ -546,30 +636,32 @@ def _invoices_write(
                     amount=-amount,
                     kind=CreditEntry.Kind.CONSUMPTION,
                     reason_code=ReasonCode.CORRECTION,
-                    invoice=invoices[index],
-                    note=f"Applied to {invoices[index].number}",
+                    invoice_id=ids[index],
+                    note=f"Applied to {numbers[index]}",
                     created_at=now,
                 )
                 for index, customer_id, currency, amount in consumptions
             ]
         )
     if kind == Invoice.Kind.REGULAR:
-        BillingWindow.objects.filter(pk__in=[d.window.pk for d in drafts]).update(
+        BillingWindow.objects.filter(pk__any=[d.window.id for d in drafts]).update(
             status=BillingWindow.Status.INVOICED, billed_at=now, claimed_by_run=run, last_error=""
         )
     through: dict[int, datetime] = {}
     for draft in drafts:
-        cid = draft.window.subscription.customer_id
-        through[cid] = max(through.get(cid, draft.window.period_end), draft.window.period_end)
+        cid, end = draft.window.customer_id, draft.window.period_end
+        through[cid] = max(through.get(cid, end), end)
     _watermarks_advance(through=through)
-    _enqueue_syncs([s.pk for s in syncs])
-    return invoices
+    _enqueue_syncs(sync_ids)
+    return [
+        Issued(id=pk, number=row[0], total=row[11]) for pk, row in zip(ids, invoices, strict=True)
+    ]
 
 
 # The same "forward, never back" upsert as ingest.services.invoiced_watermark_advance, set-based
 # for a batch of customers (one statement instead of up to four queries per customer).
 _WATERMARK_UPSERT = """
-INSERT INTO {table} (customer_id, invoiced_through, updated_at) VALUES {values}
+INSERT INTO {table} (customer_id, invoiced_through, updated_at) {values}
 ON CONFLICT (customer_id) DO UPDATE SET
   invoiced_through = {greatest}({table}.invoiced_through, EXCLUDED.invoiced_through),
   updated_at = EXCLUDED.updated_at
@@ -585,21 +677,29 @@ def _watermarks_advance(*, through: dict[int, datetime]) -> None:
         return
     if not through:
         return
-    greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
-    sql = _WATERMARK_UPSERT.format(
-        table=InvoicedWatermark._meta.db_table,
-        values=",".join(["(%s, %s, %s)"] * len(through)),
-        greatest=greatest,
-    )
+    table = InvoicedWatermark._meta.db_table
     now = timezone.now()
-    params: list[Any] = []
-    ops = connection.ops
-    for customer_id, end in sorted(through.items()):  # sorted: a stable lock order
-        params += [
-            customer_id,
-            ops.adapt_datetimefield_value(end),
-            ops.adapt_datetimefield_value(now),
-        ]
+    rows = sorted(through.items())  # sorted: a stable lock order
+    params: list[Any]
+    if connection.vendor == "postgresql":  # two array parameters, whatever the batch size
+        sql = _WATERMARK_UPSERT.format(
+            table=table,
+            values="SELECT c, t, %s FROM unnest(%s::bigint[], %s::timestamptz[]) AS u(c, t)",
+            greatest="GREATEST",
+        )
+        params = [now, [c for c, _ in rows], [t for _, t in rows]]
+    else:
+        sql = _WATERMARK_UPSERT.format(
+            table=table, values="VALUES " + ",".join(["(%s, %s, %s)"] * len(rows)), greatest="MAX"
+        )
+        ops = connection.ops
+        params = []
+        for customer_id, end in rows:
+            params += [
+                customer_id,
+                ops.adapt_datetimefield_value(end),
+                ops.adapt_datetimefield_value(now),
+            ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
@@ -612,9 +712,10 @@ def window_bill(
     draft = window_draft(window=window)
     try:
         with transaction.atomic():
-            return _invoices_write(drafts=[draft], lease=lease, run=run)[0]
+            issued = _invoices_write(drafts=[draft], lease=lease, run=run)[0]
     except IntegrityError:
         return None
+    return Invoice.objects.get(pk=issued.id)
 
 
 def _runs_abandon(*, current: BillingRun) -> None:
@@ -625,13 +726,13 @@ def _runs_abandon(*, current: BillingRun) -> None:
     ).update(status=BillingRun.Status.ABANDONED, finished_at=timezone.now())
 
 
-def _window_failed(*, run: BillingRun, window: BillingWindow, exc: Exception, record: bool) -> None:
+def _window_failed(*, run: BillingRun, window_id: int | None, exc: Exception, record: bool) -> None:
     run.failed += 1
     message = f"{type(exc).__name__}: {exc}"
     if len(run.errors) < 100:
-        run.errors.append({"window": window.pk, "error": message[:500]})
+        run.errors.append({"window": window_id, "error": message[:500]})
     if record:
-        BillingWindow.objects.filter(pk=window.pk).update(
+        BillingWindow.objects.filter(pk=window_id).update(
             status=BillingWindow.Status.FAILED, last_error=message[:2000]
         )
 
@@ -664,7 +765,7 @@ def _batch_bill(*, run: BillingRun, lease: Lease | None, drafts: list[InvoiceDra
             run.already_invoiced += 1
             continue
         except Exception as exc:  # one bad window must not stop the scan
-            _window_failed(run=run, window=draft.window, exc=exc, record=True)
+            _window_failed(run=run, window_id=draft.window.id, exc=exc, record=True)
             continue
         run.invoiced += 1
         run.invoiced_amount += invoice.total
@@ -726,6 +827,7 @@ def billing_scan(
             _runs_abandon(current=run)
         windows_generate(through=cutoff)
         prices = prices_by_plan()
+        plans: dict[int, Plan] = {}
         aggregations = _aggregations()
         due = windows_due(cutoff=cutoff)
         last: tuple[datetime, int] | None = None
@@ -733,13 +835,12 @@ def billing_scan(
             page = due
             if last is not None:
                 page = due.filter(Q(period_end__gt=last[0]) | Q(period_end=last[0], id__gt=last[1]))
-            chunk = list(page[:chunk_size])
+            chunk = _window_rows(page[:chunk_size], plans)
             if not chunk:
                 break
-            last = (chunk[-1].period_end, chunk[-1].pk)
-            _plans_attach(chunk)
+            last = (chunk[-1].period_end, chunk[-1].id)
             usage = usage_for_windows(
-                windows=[_window_ref(w, prices.get(w.subscription.plan_id, [])) for w in chunk],
+                windows=[_window_ref(w, prices.get(w.plan.pk, [])) for w in chunk],
                 aggregations=aggregations,
             )
             run.scanned += len(chunk)
@@ -748,13 +849,11 @@ def billing_scan(
                 try:
                     drafts.append(
                         invoice_draft(
-                            window=w,
-                            usage=usage.get(w.pk, {}),
-                            prices=prices.get(w.subscription.plan_id, []),
+                            window=w, usage=usage.get(w.id, {}), prices=prices.get(w.plan.pk, [])
                         )
                     )
                 except Exception as exc:  # a bad price fails its window, not the scan
-                    _window_failed(run=run, window=w, exc=exc, record=not dry_run)
+                    _window_failed(run=run, window_id=w.id, exc=exc, record=not dry_run)
             if dry_run:
                 run.invoiced += len(drafts)
                 run.invoiced_amount += sum(d.subtotal for d in drafts)
@@ -975,7 +1074,7 @@ def invoice_rerun(
         else:  # supplementary
             assert invoice is not None
             supplement = InvoiceDraft(
-                window=window,
+                window=WindowRow.of(window),
                 lines=[
                     LineDraft(
                         metric_id=None,

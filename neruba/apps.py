@@ -9,4 +9,7 @@ class NerubaConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from neruba import schema  # noqa: F401 - registers the OpenAPI auth extension
+        from neruba import (
+            lookups,  # noqa: F401 - registers the field__any lookup
+            schema,  # noqa: F401 - registers the OpenAPI auth extension
+        )
