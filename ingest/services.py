@@ -175,22 +175,31 @@ def _cursor() -> Any:
 # PostgreSQL: one array parameter per varying column. The statement text stays short and the
 # same whatever the batch size, so psycopg neither re-parses ~14,000 placeholders per batch nor
 # fails to reuse the prepared statement. unnest() keeps the rows in the order given.
-_PG_EVENTS = (
-    "INSERT INTO {table} (idempotency_key, customer_id, metric_id, timestamp, value, "
-    "distinct_value, properties, payload_hash, late, received_at, source, rejection_id, "
-    "duplicate_count, batch_id) "
-    "SELECT u.k, u.c, u.m, u.t, u.v, u.d, u.p::jsonb, u.h, u.l, "
-    "%s::timestamptz, %s::varchar, %s::bigint, 0, {batch} "
+_PG_ROWS = (
+    "SELECT u.k, u.c, u.m, u.t, u.v, u.d, u.p::jsonb, u.h, %s::timestamptz, %s::varchar, u.l, "
+    "%s::bigint, 0, (SELECT id FROM bid) "
     "FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::numeric[], "
-    "%s::varchar[], %s::text[], %s::varchar[], %s::bool[]) AS u(k, c, m, t, v, d, p, h, l) "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+    "%s::varchar[], %s::text[], %s::varchar[], %s::bool[]) AS u(k, c, m, t, v, d, p, h, l)"
 )
-
-_PG_ONE_EVENT = (
-    "INSERT INTO {table} ("  # noqa: S608 - our names; values are parameters
-    + ",".join(_COLUMNS)
-    + ") VALUES (%s,%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,(SELECT id FROM b)) "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key"
+_PG_ONE_ROW = "VALUES (%s,%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,(SELECT id FROM bid))"
+# Batch row and events in one statement. A key already stored with the same payload is a
+# duplicate: ON CONFLICT bumps its counter in the same statement (``fresh`` is false), so a
+# batch of duplicates costs what a batch of new events does. A key stored with another payload
+# (a conflict) is neither inserted nor returned; those are settled afterwards. The batch row
+# takes its id from the sequence up front, so the events can carry it, and its counts move
+# the duplicates from the stored outcome to ``duplicate`` by the given factors (zero when the
+# counts are settled afterwards anyway).
+_PG_INGEST = (
+    "WITH bid AS (SELECT nextval(pg_get_serial_sequence('{batches}', 'id')) AS id), "
+    "ins AS (INSERT INTO {events} AS e ({columns}) {rows} "
+    "ON CONFLICT (idempotency_key) DO UPDATE SET "
+    "duplicate_count = e.duplicate_count + 1, last_duplicate_at = EXCLUDED.received_at "
+    "WHERE e.payload_hash = EXCLUDED.payload_hash "
+    "RETURNING e.id, e.idempotency_key, e.xmax = 0 AS fresh), "
+    "dup AS (SELECT count(*) AS n FROM ins WHERE NOT fresh), "
+    "b AS (INSERT INTO {batches} (id, {batch_columns}) "
+    "SELECT bid.id, {batch_values} FROM bid, dup) "
+    "SELECT id, idempotency_key, fresh FROM ins UNION ALL SELECT id, NULL, NULL FROM bid"
 )
 
 
@@ -207,11 +216,16 @@ def _pg_event_params(rows: list[tuple[Any, ...]]) -> list[Any]:
 
 
 def _insert_batch_and_events(
-    batch_values: Sequence[Any], rows: list[tuple[Any, ...]]
-) -> tuple[int, dict[str, int]]:
-    """Writes the batch row and ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING``
-    the events: claiming a key and storing its event are the same write, so a failed
-    transaction leaves no key behind. Returns the batch id and the ids of the keys stored.
+    batch_values: Sequence[Any],
+    rows: list[tuple[Any, ...]],
+    shift: tuple[dict[str, int], str] | None = None,
+) -> tuple[int, dict[str, int], dict[str, int]]:
+    """Writes the batch row and ``INSERT … ON CONFLICT (idempotency_key) … RETURNING`` the
+    events: claiming a key and storing its event are the same write, so a failed transaction
+    leaves no key behind. Returns the batch id, the ids of the keys stored and, on PostgreSQL,
+    the ids of the keys found stored with the same payload, whose duplicate counters the
+    statement already bumped (see _PG_INGEST). ``shift`` (the predicted counts and the stored
+    outcome) makes the batch row's counts move those duplicates out of the stored outcome.
 
     On PostgreSQL the batch row and the events go out as one data-modifying CTE, which saves
     a round trip per request (single events are round-trip bound). Rows arrive sorted by key:
@@ -223,32 +237,37 @@ def _insert_batch_and_events(
         f"VALUES ({','.join(['%s'] * len(_BATCH_COLUMNS))})"
     )
     stored: dict[str, int] = {}
+    counted: dict[str, int] = {}
     if connection.vendor == "postgresql":
         with _cursor() as cursor:
             if not rows:
                 cursor.execute(batch_sql + " RETURNING id", list(batch_values))
-                return int(cursor.fetchone()[0]), stored
+                return int(cursor.fetchone()[0]), stored, counted
             if len(rows) == 1:
                 # One event: scalar parameters are cheaper to adapt than nine 1-element arrays.
-                events_sql = _PG_ONE_EVENT.format(table=UsageEvent._meta.db_table)
+                sql = _PG_INGEST_ONE
                 event_params: list[Any] = list(rows[0])
             else:
-                events_sql = _PG_EVENTS.format(
-                    table=UsageEvent._meta.db_table, batch="(SELECT id FROM b)"
-                )
+                sql = _PG_INGEST_MANY
                 event_params = _pg_event_params(rows)
-            sql = (
-                f"WITH b AS ({batch_sql} RETURNING id), ins AS ({events_sql}) "  # noqa: S608
-                "SELECT id, idempotency_key FROM ins UNION ALL SELECT id, NULL FROM b"
-            )
-            cursor.execute(sql, [*batch_values, *event_params], prepare=True)
+            factors = {name: 0 for name in Outcome.values}
+            if shift is not None:
+                factors[shift[1]] = -1
+                factors[Outcome.DUPLICATE] = 1
+            batch_params: list[Any] = list(batch_values[:7])
+            for position, name in enumerate(Outcome.values):
+                batch_params += [batch_values[7 + position], factors[name]]
+            batch_params.append(batch_values[-1])
+            cursor.execute(sql, [*event_params, *batch_params], prepare=True)
             batch_id = 0
-            for pk, key in cursor.fetchall():
+            for pk, key, fresh in cursor.fetchall():
                 if key is None:
                     batch_id = pk
-                else:
+                elif fresh:
                     stored[key] = pk
-            return batch_id, stored
+                else:
+                    counted[key] = pk
+            return batch_id, stored, counted
 
     marks = ",".join(["%s"] * (len(_COLUMNS) - 1))
     head = f"INSERT INTO {UsageEvent._meta.db_table} ({','.join(_COLUMNS)}) VALUES "  # noqa: S608
@@ -264,7 +283,24 @@ def _insert_batch_and_events(
                 [value for row in chunk for value in row],
             )
             stored.update((key, pk) for pk, key in cursor.fetchall())
-    return batch_id, stored
+    return batch_id, stored, counted
+
+
+def _pg_ingest_sql(rows: str) -> str:
+    counts = ", ".join("%s::integer + %s::integer * dup.n" for _ in Outcome.values)
+    batch_values = f"%s, %s, %s, %s, %s, %s, %s, {counts}, %s"
+    return _PG_INGEST.format(
+        batches=IngestBatch._meta.db_table,
+        events=UsageEvent._meta.db_table,
+        columns=",".join(_COLUMNS),
+        rows=rows,
+        batch_columns=",".join(_BATCH_COLUMNS),
+        batch_values=batch_values,
+    )
+
+
+_PG_INGEST_ONE = _pg_ingest_sql(_PG_ONE_ROW)
+_PG_INGEST_MANY = _pg_ingest_sql(_PG_ROWS)
 
 
 def _stored_rows(keys: set[str]) -> list[tuple[int, str, str]]:
@@ -343,8 +379,9 @@ def events_ingest(
 
     Steps: (1) parse each item without the database; (2) look customers (with their invoiced
     watermark) and metrics up once for the batch; (3) in one transaction: the batch row, one
-    set-based INSERT … ON CONFLICT DO NOTHING for the valid items, one SELECT of the stored rows
-    for every key not inserted (duplicate or conflict by payload hash), the duplicate counters,
+    set-based INSERT … ON CONFLICT for the valid items (on PostgreSQL it also bumps the
+    counter of a key stored with the same payload), one SELECT of the stored rows for every key
+    still unexplained (duplicate or conflict by payload hash), the remaining duplicate counters,
     the rejections, and the batch's counts. Nothing is written if the transaction fails, so a
     retry never meets a half-claimed key.
 
@@ -379,10 +416,11 @@ def events_ingest(
         (time.perf_counter() - started) * 1000,
     ]
     rows = [row for _, (_, row) in sorted(candidates.items())]
-    # Fast path: on PostgreSQL outside a caller's transaction, a batch that is all new, valid
-    # keys is one autocommitted statement (batch row and events together). A single statement
-    # is atomic, so claim and store still cannot come apart, and BEGIN and COMMIT round trips
-    # are saved. Anything else (a taken key, a failure) is settled in one transaction after.
+    # Fast path: on PostgreSQL outside a caller's transaction, a batch of valid items that are
+    # all new keys or duplicates is one autocommitted statement (batch row and events together).
+    # A single statement is atomic, so claim and store still cannot come apart, and BEGIN and
+    # COMMIT round trips are saved. Anything else (a conflict, a failure) is settled in one
+    # transaction after.
     fast = (
         connection.vendor == "postgresql"
         and not connection.in_atomic_block
@@ -391,25 +429,31 @@ def events_ingest(
         and len(rows) > 0
     )
     if fast:
-        batch_id, inserted = _insert_batch_and_events(batch_values, rows)
-        if len(inserted) == len(items):
-            results = [_result(item, stored_outcome, inserted[item.key]) for item in items]  # type: ignore[index]
-            _observe(len(items), predicted, results, time.perf_counter() - started)
-            return IngestResult(batch_id=batch_id, counts=predicted, results=results)
-        with transaction.atomic():
-            counts, results = _settle(
-                items, candidates, inserted, batch_id, now, prefix, stored_outcome, replay_of
-            )
-            if counts != predicted:
-                _batch_counts(batch_id, counts, started)
-    else:
-        with transaction.atomic():
-            batch_id, inserted = _insert_batch_and_events(batch_values, rows)
-            counts, results = _settle(
-                items, candidates, inserted, batch_id, now, prefix, stored_outcome, replay_of
-            )
-            if counts != predicted:
-                _batch_counts(batch_id, counts, started)
+        batch_id, inserted, counted = _insert_batch_and_events(
+            batch_values, rows, shift=(predicted, stored_outcome)
+        )
+        if len(inserted) + len(counted) == len(items):
+            # Every item new or a duplicate: the batch row already holds these counts.
+            counts = dict(predicted)
+            counts[stored_outcome] -= len(counted)
+            counts[Outcome.DUPLICATE] += len(counted)
+            results = [
+                _result(item, stored_outcome, inserted[item.key])  # type: ignore[index]
+                if item.key in inserted
+                else _result(item, Outcome.DUPLICATE, counted[item.key])  # type: ignore[index]
+                for item in items
+            ]
+            _observe(len(items), counts, results, time.perf_counter() - started)
+            return IngestResult(batch_id=batch_id, counts=counts, results=results)
+    with transaction.atomic():
+        if not fast:
+            batch_id, inserted, counted = _insert_batch_and_events(batch_values, rows)
+        counts, results = _settle(
+            items, candidates, inserted, counted, batch_id, now, prefix, stored_outcome, replay_of
+        )
+        # After the fast path the batch row's counts were shifted for the duplicates.
+        if fast or counts != predicted:
+            _batch_counts(batch_id, counts, started)
 
     _observe(len(items), counts, results, time.perf_counter() - started)
     return IngestResult(batch_id=batch_id, counts=counts, results=results)
@@ -424,6 +468,7 @@ def _settle(
     items: list[Item],
     candidates: dict[str, tuple[Item, tuple[Any, ...]]],
     inserted: dict[str, int],
+    counted: dict[str, int],
     batch_id: int,
     now: datetime,
     prefix: str,
@@ -431,7 +476,8 @@ def _settle(
     replay_of: IngestRejection | None,
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Outcome of every item once the INSERT ran, with the writes that follow from it: the
-    duplicate counters, the rejections. Runs inside the caller's transaction."""
+    duplicate counters (but for the ``counted`` keys, bumped by the INSERT itself), the
+    rejections. Runs inside the caller's transaction."""
     counts = dict.fromkeys(Outcome.values, 0)
     results: list[dict[str, Any]] = []
     rejections: list[IngestRejection] = []
@@ -441,8 +487,9 @@ def _settle(
     known: dict[str, tuple[int, str]] = {
         key: (inserted[key], candidates[key][0].payload_hash) for key in inserted
     }
+    known.update((key, (pk, candidates[key][0].payload_hash)) for key, pk in counted.items())
     wanted = {
-        it.key for it in items if it.key is not None and it.payload_hash and it.key not in inserted
+        it.key for it in items if it.key is not None and it.payload_hash and it.key not in known
     }
     if wanted:
         known.update((key, (pk, digest)) for pk, key, digest in _stored_rows(wanted))
@@ -454,6 +501,10 @@ def _settle(
         if key is not None and key in inserted and candidates[key][0] is item:
             counts[stored_outcome] += 1
             results.append(_result(item, stored_outcome, inserted[key]))
+            continue
+        if key is not None and key in counted and candidates[key][0] is item:
+            counts[Outcome.DUPLICATE] += 1
+            results.append(_result(item, Outcome.DUPLICATE, counted[key]))
             continue
         stored = known.get(key) if (key is not None and item.payload_hash) else None
         if stored is not None:

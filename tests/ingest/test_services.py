@@ -277,3 +277,34 @@ def test_the_one_statement_path_answers_like_the_transactional_one(
     assert counts == [(1, 0, 0), (0, 1, 0), (0, 0, 1), (2, 1, 0)]
     assert UsageEvent.objects.get(idempotency_key="k-1").duplicate_count == 2
     assert IngestRejection.objects.get().outcome == "conflict"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_duplicates_counted_in_the_insert_keep_batch_and_event_counts_exact(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    """On PostgreSQL a duplicate's counter is bumped by the INSERT itself (ON CONFLICT … DO
+    UPDATE when the payload matches). A batch mixing new keys, duplicates, a repeat within the
+    batch and a conflict still answers, counts and stores every item exactly once."""
+    events_ingest(payloads=[event("d-1"), event("d-2"), event("d-3")], api_key=None)
+    every = events_ingest(payloads=[event("d-1"), event("d-2"), event("d-3")], api_key=None)
+    assert every.counts["duplicate"] == 3 and every.counts["accepted"] == 0
+    clash = event("d-3", metric="storage_gb", properties={"gb": 1})
+    mixed = events_ingest(
+        payloads=[event("d-1"), event("d-4"), event("d-1"), clash, event("d-5")], api_key=None
+    )
+    assert [r["outcome"] for r in mixed.results] == [
+        "duplicate",
+        "accepted",
+        "duplicate",
+        "conflict",
+        "accepted",
+    ]
+    rows = dict(IngestBatch.objects.values_list("pk", "duplicate"))
+    assert rows[every.batch_id] == 3 and rows[mixed.batch_id] == 2
+    stored = IngestBatch.objects.get(pk=mixed.batch_id)
+    assert (stored.accepted, stored.duplicate, stored.conflict, stored.failed) == (2, 2, 1, 0)
+    counters = dict(UsageEvent.objects.values_list("idempotency_key", "duplicate_count"))
+    assert counters == {"d-1": 3, "d-2": 1, "d-3": 1, "d-4": 0, "d-5": 0}
+    assert IngestRejection.objects.get().idempotency_key == "d-3"
