@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -172,14 +173,16 @@ def _cursor() -> Any:
     return psycopg.Cursor(connection.connection)
 
 
-# PostgreSQL: one array parameter per varying column. The statement text stays short and the
-# same whatever the batch size, so psycopg neither re-parses ~14,000 placeholders per batch nor
-# fails to reuse the prepared statement. unnest() keeps the rows in the order given.
+# PostgreSQL: the rows travel as one JSON array parameter, unpacked by the server. The
+# statement text stays short and the same whatever the batch size, so psycopg neither re-parses
+# ~14,000 placeholders per batch nor fails to reuse the prepared statement; and json.dumps (in
+# C) encodes a thousand rows several times faster than psycopg adapts nine arrays element by
+# element in Python. Rows are inserted in the order given (sorted by key: see below).
 _PG_ROWS = (
-    "SELECT u.k, u.c, u.m, u.t, u.v, u.d, u.p::jsonb, u.h, %s::timestamptz, %s::varchar, u.l, "
+    "SELECT r->>0, (r->>1)::bigint, (r->>2)::bigint, (r->>3)::timestamptz, (r->>4)::numeric, "
+    "r->>5, (r->>6)::jsonb, r->>7, %s::timestamptz, %s::varchar, (r->>8)::boolean, "
     "%s::bigint, 0, (SELECT id FROM bid) "
-    "FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::numeric[], "
-    "%s::varchar[], %s::text[], %s::varchar[], %s::bool[]) AS u(k, c, m, t, v, d, p, h, l)"
+    "FROM json_array_elements(%s::json) WITH ORDINALITY AS u(r, n) ORDER BY u.n"
 )
 _PG_ONE_ROW = "VALUES (%s,%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,(SELECT id FROM bid))"
 # Batch row and events in one statement. A key already stored with the same payload is a
@@ -204,15 +207,26 @@ _PG_INGEST = (
 
 
 def _pg_event_params(rows: list[tuple[Any, ...]]) -> list[Any]:
-    columns = list(zip(*rows, strict=True))
     first = rows[0]
     # received_at, source and rejection are the same for every row of a batch.
-    return [
-        first[8],
-        first[9],
-        first[11],
-        *(list(columns[i]) for i in (0, 1, 2, 3, 4, 5, 6, 7, 10)),
-    ]
+    encoded = json.dumps(
+        [
+            [
+                row[0],
+                row[1],
+                row[2],
+                row[3].isoformat(),
+                None if row[4] is None else str(row[4]),  # exact: numeric parses the digits
+                row[5],
+                row[6],
+                row[7],
+                row[10],
+            ]
+            for row in rows
+        ],
+        separators=(",", ":"),
+    )
+    return [first[8], first[9], first[11], encoded]
 
 
 def _insert_batch_and_events(

@@ -308,3 +308,39 @@ def test_duplicates_counted_in_the_insert_keep_batch_and_event_counts_exact(
     counters = dict(UsageEvent.objects.values_list("idempotency_key", "duplicate_count"))
     assert counters == {"d-1": 3, "d-2": 1, "d-3": 1, "d-4": 0, "d-5": 0}
     assert IngestRejection.objects.get().idempotency_key == "d-3"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_one_statement_batch_stores_every_column_exactly(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    """The autocommitted batch statement sends its rows as one JSON parameter: values, times
+    to the microsecond, distinct values and Unicode properties arrive unchanged."""
+    seconds = "12345678901234567890.0123456789"
+    items = [
+        event(
+            "exact-1",
+            metric="compute_seconds",
+            timestamp="2026-03-10T11:00:00.123456+02:00",
+            properties={"seconds": seconds, "city": "Zürich ✓", "nested": {"a": [1, None]}},
+        ),
+        event("exact-2", metric="active_users", properties={"user_id": "ü-42"}),
+        event("exact-3"),
+    ]
+    result = events_ingest(payloads=items, api_key=None)
+    assert result.counts["accepted"] == 3
+    rows = {e.idempotency_key: e for e in UsageEvent.objects.all()}
+    first = rows["exact-1"]
+    assert str(first.value) == seconds
+    assert first.timestamp.isoformat() == "2026-03-10T09:00:00.123456+00:00"
+    assert first.properties == {
+        "seconds": seconds,
+        "city": "Zürich ✓",
+        "nested": {"a": [1, None]},
+    }
+    assert rows["exact-2"].distinct_value == "ü-42" and rows["exact-2"].value is None
+    assert rows["exact-3"].value == 1 and rows["exact-3"].batch_id == result.batch_id
+    assert [r["event_id"] for r in result.results] == [
+        rows[k].pk for k in ("exact-1", "exact-2", "exact-3")
+    ]
