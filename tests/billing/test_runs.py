@@ -208,3 +208,36 @@ def test_usage_is_aggregated_in_the_database_by_each_metrics_aggregation(
         lines["compute_seconds"].quantity == Decimal("0.5") and lines["compute_seconds"].amount == 0
     )
     assert lines["api_calls"].quantity == 0
+
+
+def test_a_chunk_read_by_customer_id_range_bills_only_its_own_customers(
+    catalog: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large chunks filter usage on the customers' id range; a customer inside the range but
+    without a window in the chunk (here: no subscription at all) must not leak into anyone's
+    invoice."""
+    from billing import usage
+    from tests.factories import CustomerFactory
+
+    monkeypatch.setattr(usage, "RANGE_FILTER_MIN", 2)  # the threshold, lowered to three rows
+    calls = catalog["metrics"]["api_calls"]
+    first = catalog["customer"]
+    between = CustomerFactory(external_id="between")
+    last = CustomerFactory(external_id="last")
+    SubscriptionFactory(customer=last, plan=catalog["plan"], started_at=JAN)
+    assert first.pk < between.pk < last.pk
+    day = JAN + timedelta(days=2)
+    add_events(customer=first, metric=calls, timestamps=[day] * 2)
+    add_events(customer=between, metric=calls, timestamps=[day] * 7)
+    add_events(customer=last, metric=calls, timestamps=[day] * 4)
+
+    run = services.billing_scan(trigger="command", as_of=FEB + timedelta(hours=2))
+
+    assert (run.scanned, run.invoiced, run.failed) == (2, 2, 0)
+    quantities = {
+        invoice.customer_id: next(
+            line.quantity for line in invoice.lines.all() if line.metric_id == calls.pk
+        )
+        for invoice in Invoice.objects.all()
+    }
+    assert quantities == {first.pk: 2, last.pk: 4}
