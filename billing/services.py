@@ -47,7 +47,7 @@ from billing.pricing import (
 from billing.selectors import prices_by_plan
 from billing.usage import WindowRef, usage_for_windows
 from ingest import services as ingest_services
-from ingest.models import InvoicedWatermark, Metric
+from ingest.models import Metric
 from neruba import audit
 from neruba.errors import ValidationFailed
 from neruba.locks import (
@@ -546,8 +546,15 @@ _INVOICE_COLUMNS = [
     "provider_invoice_id",
 ]
 _LINE_COLUMNS = ["invoice_id", "metric_id", "description", "quantity", "unit_amount", "amount"]
-_SYNC_COLUMNS = ["invoice_id", "action", "status", "attempts", "next_attempt_at", "last_error"]
-_SYNC_COLUMNS += ["created_at"]
+_SYNC_COLUMNS = [
+    "invoice_id",
+    "action",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "created_at",
+]
 
 
 def _invoices_write(
@@ -651,57 +658,11 @@ def _invoices_write(
     for draft in drafts:
         cid, end = draft.window.customer_id, draft.window.period_end
         through[cid] = max(through.get(cid, end), end)
-    _watermarks_advance(through=through)
+    ingest_services.invoiced_watermarks_advance(through=through)
     _enqueue_syncs(sync_ids)
     return [
         Issued(id=pk, number=row[0], total=row[11]) for pk, row in zip(ids, invoices, strict=True)
     ]
-
-
-# The same "forward, never back" upsert as ingest.services.invoiced_watermark_advance, set-based
-# for a batch of customers (one statement instead of up to four queries per customer).
-_WATERMARK_UPSERT = """
-INSERT INTO {table} (customer_id, invoiced_through, updated_at) {values}
-ON CONFLICT (customer_id) DO UPDATE SET
-  invoiced_through = {greatest}({table}.invoiced_through, EXCLUDED.invoiced_through),
-  updated_at = EXCLUDED.updated_at
-"""
-
-
-def _watermarks_advance(*, through: dict[int, datetime]) -> None:
-    """Advances the ingest watermark of each customer in the invoice transaction, so an event
-    ingested after the commit for an invoiced period is flagged late."""
-    if len(through) == 1:
-        [(customer_id, end)] = through.items()
-        ingest_services.invoiced_watermark_advance(customer_id=customer_id, through=end)
-        return
-    if not through:
-        return
-    table = InvoicedWatermark._meta.db_table
-    now = timezone.now()
-    rows = sorted(through.items())  # sorted: a stable lock order
-    params: list[Any]
-    if connection.vendor == "postgresql":  # two array parameters, whatever the batch size
-        sql = _WATERMARK_UPSERT.format(
-            table=table,
-            values="SELECT c, t, %s FROM unnest(%s::bigint[], %s::timestamptz[]) AS u(c, t)",
-            greatest="GREATEST",
-        )
-        params = [now, [c for c, _ in rows], [t for _, t in rows]]
-    else:
-        sql = _WATERMARK_UPSERT.format(
-            table=table, values="VALUES " + ",".join(["(%s, %s, %s)"] * len(rows)), greatest="MAX"
-        )
-        ops = connection.ops
-        params = []
-        for customer_id, end in rows:
-            params += [
-                customer_id,
-                ops.adapt_datetimefield_value(end),
-                ops.adapt_datetimefield_value(now),
-            ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
 
 
 def window_bill(

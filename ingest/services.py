@@ -67,20 +67,44 @@ def metric_create(
     return metric
 
 
+# Forward, never back: the WHERE leaves a watermark that is already further untouched.
+_WATERMARK_UPSERT = """
+INSERT INTO {table} (customer_id, invoiced_through, updated_at) {rows}
+ON CONFLICT (customer_id) DO UPDATE SET
+  invoiced_through = EXCLUDED.invoiced_through, updated_at = EXCLUDED.updated_at
+WHERE {table}.invoiced_through < EXCLUDED.invoiced_through
+"""
+
+
+def invoiced_watermarks_advance(*, through: dict[int, datetime]) -> None:
+    """Moves each customer's watermark forward to ``through[customer_id]`` (never back), in one
+    statement. Called by billing in the invoice's transaction, so an event ingested after the
+    commit for an invoiced period is flagged late."""
+    if not through:
+        return
+    table = InvoicedWatermark._meta.db_table
+    now = timezone.now()
+    rows = sorted(through.items())  # sorted: a stable lock order
+    params: list[Any]
+    if connection.vendor == "postgresql":  # two array parameters, whatever the batch size
+        sql = _WATERMARK_UPSERT.format(
+            table=table,
+            rows="SELECT c, t, %s FROM unnest(%s::bigint[], %s::timestamptz[]) AS u(c, t)",
+        )
+        params = [now, [c for c, _ in rows], [t for _, t in rows]]
+    else:
+        sql = _WATERMARK_UPSERT.format(
+            table=table, rows="VALUES " + ",".join(["(%s, %s, %s)"] * len(rows))
+        )
+        adapt = connection.ops.adapt_datetimefield_value
+        params = [value for c, t in rows for value in (c, adapt(t), adapt(now))]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def invoiced_watermark_advance(*, customer_id: int, through: datetime) -> None:
-    """Moves the customer's watermark forward (never back). Called by billing in the invoice's
-    transaction, so an event ingested after the commit sees it and is flagged late."""
-    updated = InvoicedWatermark.objects.filter(
-        customer_id=customer_id, invoiced_through__lt=through
-    ).update(invoiced_through=through, updated_at=timezone.now())
-    if not updated and not InvoicedWatermark.objects.filter(customer_id=customer_id).exists():
-        try:
-            with transaction.atomic():
-                InvoicedWatermark.objects.create(customer_id=customer_id, invoiced_through=through)
-        except IntegrityError:
-            InvoicedWatermark.objects.filter(
-                customer_id=customer_id, invoiced_through__lt=through
-            ).update(invoiced_through=through, updated_at=timezone.now())
+    """One customer's watermark forward (never back)."""
+    invoiced_watermarks_advance(through={customer_id: through})
 
 
 # --- ingest ----------------------------------------------------------------------------------
