@@ -107,6 +107,11 @@ else:
     _default_db["ENGINE"] = "django.db.backends.postgresql"
     _default_db.setdefault("CONN_MAX_AGE", 60)
     _default_db["CONN_HEALTH_CHECKS"] = True
+    # Server-side prepared statements for the queries that bind on the server (ingest's hot
+    # statements; Django's own cursors bind on the client and are unaffected): the big ingest
+    # statement is then parsed and planned once per connection, not once per request. Not for
+    # a transaction-pooling PgBouncer in front of PostgreSQL (Neruba's deploy has none).
+    _default_db.setdefault("OPTIONS", {}).setdefault("prepare_threshold", 5)
     # Each pytest process may get its own test database (parallel runs on one server).
     _suffix = os.environ.get("NERUBA_TEST_DB_SUFFIX", "")
     _default_db["TEST"] = {"NAME": f"test_{_default_db['NAME']}{_suffix}"}
