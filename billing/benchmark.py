@@ -32,6 +32,7 @@ from billing.models import (
     Subscription,
 )
 from ingest.models import InvoicedWatermark, Metric, UsageEvent
+from neruba.benchmarking import server_settle
 from neruba.models import Customer
 
 PREFIX = "bench-"
@@ -42,7 +43,7 @@ TARGET_RATIO = 2.0
 _EVENTS_SQL = """
 INSERT INTO ingest_usageevent (
   idempotency_key, customer_id, metric_id, timestamp, value, distinct_value, properties,
-  payload_hash, received_at, source, late, duplicate_count
+  payload_hash, received_at, source, late
 )
 SELECT
   %(prefix)s || %(tag)s || '-' || g,
@@ -55,8 +56,7 @@ SELECT
   'bench',
   now(),
   'bench',
-  false,
-  0
+  false
 FROM generate_series(1, %(events)s) AS g
 """
 
@@ -146,12 +146,6 @@ def _generate(*, subscriptions: int, events: int, tag: str) -> None:
                 "events": events,
             },
         )
-        # Both measurements start from a settled server: statistics current, the autovacuum
-        # that two million new rows would trigger already done, dirty pages flushed.
-        cursor.execute("VACUUM ANALYZE ingest_usageevent")
-        cursor.execute("ANALYZE neruba_customer")
-        cursor.execute("ANALYZE billing_subscription")
-        cursor.execute("CHECKPOINT")
 
 
 def _group_by() -> tuple[float, int]:
@@ -208,6 +202,9 @@ def _one_size(
     clock = time.perf_counter()
     _generate(subscriptions=subscriptions, events=events, tag=str(events))
     out.write(f"  generated in {time.perf_counter() - clock:.1f}s")
+    # Both measurements start from a settled server: statistics current, the autovacuum that
+    # millions of new rows would trigger already done, dirty pages flushed.
+    server_settle(UsageEvent._meta.db_table, Customer._meta.db_table, Subscription._meta.db_table)
     _group_by()  # warm the cache so both measurements read the same pages
     group_by, groups = _group_by()
     out.write(f"  raw GROUP BY: {group_by:.2f}s ({groups:,} groups)")

@@ -39,7 +39,7 @@ TARGET_RATIO = 20.0
 _EVENTS_SQL = """
 INSERT INTO ingest_usageevent (
   idempotency_key, customer_id, metric_id, timestamp, value, distinct_value, properties,
-  payload_hash, received_at, source, late, duplicate_count
+  payload_hash, received_at, source, late
 )
 SELECT
   %(prefix)s || %(tag)s || '-' || g,
@@ -52,8 +52,7 @@ SELECT
   'bench',
   %(received)s,
   'bench',
-  %(late)s,
-  0
+  %(late)s
 FROM generate_series(1, %(events)s) AS g
 """
 

@@ -70,8 +70,6 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "received_at",
         "batch_link",
         "rejection_link",
-        "duplicate_count",
-        "last_duplicate_at",
         "outcome_history",
     ]
     readonly_fields = ["batch_link", "rejection_link", "outcome_history"]

@@ -104,8 +104,6 @@ class UsageEvent(models.Model):
         on_delete=models.SET_NULL,
         related_name="replayed_event",
     )
-    duplicate_count = models.PositiveIntegerField(default=0)
-    last_duplicate_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -123,6 +121,25 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return self.idempotency_key
+
+
+class EventDuplicates(models.Model):
+    """How often an event's key came back with the same payload, and when last. Kept beside
+    the event rather than on it: bumping a counter on the wide, many-indexed event row writes a
+    new version of it (and an entry in every index), so a batch of duplicates would cost more
+    than a batch of new events. This narrow row has one index."""
+
+    event = models.OneToOneField(
+        UsageEvent, primary_key=True, on_delete=models.CASCADE, related_name="duplicates"
+    )
+    count = models.PositiveIntegerField(default=0)
+    last_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "event duplicates"
+
+    def __str__(self) -> str:
+        return f"{self.event_id}: {self.count}"
 
 
 class IngestRejection(models.Model):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.models import IngestRejection, Outcome, UsageEvent
+from ingest.models import EventDuplicates, IngestRejection, Outcome, UsageEvent
 
 
 def event_history(*, idempotency_key: str) -> dict[str, Any] | None:
     """The stored event for a key (if any) and every outcome it had: accepted or replay from
     the event row, conflicts and failures from the rejections with that key. Duplicates are
-    counted on the event (``duplicate_count``, ``last_duplicate_at``), not listed one by one.
+    counted per event (``duplicate_count``, ``last_duplicate_at``), not listed one by one.
     ``None`` when the key was never seen (or its rejections were pruned)."""
     event = (
         UsageEvent.objects.select_related("customer", "metric")
@@ -58,10 +58,11 @@ def event_history(*, idempotency_key: str) -> dict[str, Any] | None:
             }
         )
     history.sort(key=lambda entry: entry["at"])
+    counter = EventDuplicates.objects.filter(event=event).first() if event else None
     return {
         "idempotency_key": idempotency_key,
         "event": event,
-        "duplicate_count": event.duplicate_count if event else 0,
-        "last_duplicate_at": event.last_duplicate_at if event else None,
+        "duplicate_count": counter.count if counter else 0,
+        "last_duplicate_at": counter.last_at if counter else None,
         "history": history,
     }

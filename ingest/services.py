@@ -19,6 +19,7 @@ from django.utils.dateparse import parse_datetime
 from ingest.exceptions import MetricExists, RejectionNotReplayable
 from ingest.models import (
     Aggregation,
+    EventDuplicates,
     IngestBatch,
     IngestRejection,
     InvoicedWatermark,
@@ -129,7 +130,6 @@ _COLUMNS = (
     "source",
     "late",
     "rejection_id",
-    "duplicate_count",
     "batch_id",  # last: filled in by SQL, see _insert_batch_and_events
 )
 _BATCH_COLUMNS = (
@@ -202,37 +202,62 @@ def _cursor() -> Any:
 # ~14,000 placeholders per batch nor fails to reuse the prepared statement; and json.dumps (in
 # C) encodes a thousand rows several times faster than psycopg adapts nine arrays element by
 # element in Python. Rows are inserted in the order given (sorted by key: see below).
-_PG_ROWS = (
-    "SELECT r->>0, (r->>1)::bigint, (r->>2)::bigint, (r->>3)::timestamptz, (r->>4)::numeric, "
-    "r->>5, (r->>6)::jsonb, r->>7, %s::timestamptz, %s::varchar, (r->>8)::boolean, "
-    "%s::bigint, 0, (SELECT id FROM bid) "
-    "FROM json_array_elements(%s::json) WITH ORDINALITY AS u(r, n) ORDER BY u.n"
+_PG_SOURCE_MANY = (
+    "SELECT r->>0 AS k, (r->>1)::bigint AS c, (r->>2)::bigint AS m, (r->>3)::timestamptz AS t, "
+    "(r->>4)::numeric AS v, r->>5 AS d, (r->>6)::jsonb AS p, r->>7 AS h, (r->>8)::boolean AS l, "
+    "u.n FROM json_array_elements(%s::json) WITH ORDINALITY AS u(r, n)"
 )
-_PG_ONE_ROW = "VALUES (%s,%s,%s,%s,%s,%s,%s::jsonb,%s,%s,%s,%s,%s,%s,(SELECT id FROM bid))"
-# Batch row and events in one statement. A key already stored with the same payload is a
-# duplicate: ON CONFLICT bumps its counter in the same statement (``fresh`` is false), so a
-# batch of duplicates costs what a batch of new events does. A key stored with another payload
-# (a conflict) is neither inserted nor returned; those are settled afterwards. The batch row
-# takes its id from the sequence up front, so the events can carry it, and its counts move
-# the duplicates from the stored outcome to ``duplicate`` by the given factors (zero when the
-# counts are settled afterwards anyway).
+# One event: scalar parameters are cheaper to adapt than a JSON document.
+_PG_SOURCE_ONE = (
+    "SELECT %s::varchar AS k, %s::bigint AS c, %s::bigint AS m, %s::timestamptz AS t, "
+    "%s::numeric AS v, %s::varchar AS d, %s::jsonb AS p, %s::varchar AS h, %s::boolean AS l, "
+    "1 AS n"
+)
+# Batch row, events and duplicate counters in one statement.
+# - ``ins`` stores the new keys. ON CONFLICT DO NOTHING: a key already taken is not touched.
+# - ``old`` finds, among the keys ``ins`` did not store, those stored before this statement
+#   with the same payload: duplicates. (It reads the statement's snapshot, so it could not see
+#   this statement's own inserts anyway; leaving the inserted keys out first saves a new batch
+#   an index probe per event.)
+# - ``cnt`` bumps their counters in EventDuplicates (a narrow row, not the event). It reads
+#   ``old``, which reads all of ``ins``, so it runs after the inserts, in event id order:
+#   overlapping requests take their locks in one order, keys first (by key), then counters.
+# - A key stored with another payload (a conflict), or one a concurrent request committed after
+#   our snapshot, is in neither list; those items are settled afterwards.
+# - The batch row takes its id from the sequence up front, so the events can carry it; its
+#   counts move the duplicates from the stored outcome to ``duplicate`` by the given factors
+#   (zero when the counts are settled afterwards anyway).
+# A single event leaves ``old`` and ``cnt`` out: almost every single event is new, and the join
+# and counter upsert would cost each of them (a single duplicate is settled afterwards).
 _PG_INGEST = (
     "WITH bid AS (SELECT nextval(pg_get_serial_sequence('{batches}', 'id')) AS id), "
-    "ins AS (INSERT INTO {events} AS e ({columns}) {rows} "
-    "ON CONFLICT (idempotency_key) DO UPDATE SET "
-    "duplicate_count = e.duplicate_count + 1, last_duplicate_at = EXCLUDED.received_at "
-    "WHERE e.payload_hash = EXCLUDED.payload_hash "
-    "RETURNING e.id, e.idempotency_key, e.xmax = 0 AS fresh), "
-    "dup AS (SELECT count(*) AS n FROM ins WHERE NOT fresh), "
+    "src AS ({source}), "
+    "ins AS (INSERT INTO {events} ({columns}) "
+    "SELECT k, c, m, t, v, d, p, h, %s::timestamptz, %s::varchar, l, %s::bigint, "
+    "(SELECT id FROM bid) FROM src ORDER BY n "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key), "
+    "{duplicates}"
     "b AS (INSERT INTO {batches} (id, {batch_columns}) "
     "SELECT bid.id, {batch_values} FROM bid, dup) "
-    "SELECT id, idempotency_key, fresh FROM ins UNION ALL SELECT id, NULL, NULL FROM bid"
+    "SELECT id, idempotency_key, true FROM ins {old_rows}"
+    "UNION ALL SELECT id, NULL, NULL FROM bid"
+)
+_PG_DUPLICATES = (
+    "old AS (SELECT e.id, e.idempotency_key FROM src "
+    "JOIN {events} e ON e.idempotency_key = src.k AND e.payload_hash = src.h "
+    "WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.idempotency_key = src.k)), "
+    "cnt AS (INSERT INTO {counters} (event_id, count, last_at) "
+    "SELECT id, 1, %s::timestamptz FROM old ORDER BY id "
+    "ON CONFLICT (event_id) DO UPDATE SET count = {counters}.count + 1, "
+    "last_at = EXCLUDED.last_at), "
+    "dup AS (SELECT count(*) AS n FROM old), "
 )
 
 
-def _pg_event_params(rows: list[tuple[Any, ...]]) -> list[Any]:
-    first = rows[0]
-    # received_at, source and rejection are the same for every row of a batch.
+def _pg_source_params(rows: list[tuple[Any, ...]]) -> list[Any]:
+    if len(rows) == 1:
+        row = rows[0]
+        return [*row[:8], row[10]]
     encoded = json.dumps(
         [
             [
@@ -250,7 +275,7 @@ def _pg_event_params(rows: list[tuple[Any, ...]]) -> list[Any]:
         ],
         separators=(",", ":"),
     )
-    return [first[8], first[9], first[11], encoded]
+    return [encoded]
 
 
 def _insert_batch_and_events(
@@ -281,13 +306,13 @@ def _insert_batch_and_events(
             if not rows:
                 cursor.execute(batch_sql + " RETURNING id", list(batch_values))
                 return int(cursor.fetchone()[0]), stored, counted
+            first = rows[0]  # received_at, source and rejection are the same for every row
+            event_params = [*_pg_source_params(rows), first[8], first[9], first[11]]
             if len(rows) == 1:
-                # One event: scalar parameters are cheaper to adapt than nine 1-element arrays.
                 sql = _PG_INGEST_ONE
-                event_params: list[Any] = list(rows[0])
             else:
                 sql = _PG_INGEST_MANY
-                event_params = _pg_event_params(rows)
+                event_params.append(first[8])  # the duplicates' last_at
             factors = {name: 0 for name in Outcome.values}
             if shift is not None:
                 factors[shift[1]] = -1
@@ -324,21 +349,25 @@ def _insert_batch_and_events(
     return batch_id, stored, counted
 
 
-def _pg_ingest_sql(rows: str) -> str:
+def _pg_ingest_sql(source: str, *, duplicates: bool) -> str:
     counts = ", ".join("%s::integer + %s::integer * dup.n" for _ in Outcome.values)
-    batch_values = f"%s, %s, %s, %s, %s, %s, %s, {counts}, %s"
+    events, counters = UsageEvent._meta.db_table, EventDuplicates._meta.db_table
     return _PG_INGEST.format(
         batches=IngestBatch._meta.db_table,
-        events=UsageEvent._meta.db_table,
+        events=events,
         columns=",".join(_COLUMNS),
-        rows=rows,
+        source=source,
+        duplicates=_PG_DUPLICATES.format(events=events, counters=counters)
+        if duplicates
+        else "dup AS (SELECT 0 AS n), ",
         batch_columns=",".join(_BATCH_COLUMNS),
-        batch_values=batch_values,
+        batch_values=f"%s, %s, %s, %s, %s, %s, %s, {counts}, %s",
+        old_rows="UNION ALL SELECT id, idempotency_key, false FROM old " if duplicates else "",
     )
 
 
-_PG_INGEST_ONE = _pg_ingest_sql(_PG_ONE_ROW)
-_PG_INGEST_MANY = _pg_ingest_sql(_PG_ROWS)
+_PG_INGEST_ONE = _pg_ingest_sql(_PG_SOURCE_ONE, duplicates=False)
+_PG_INGEST_MANY = _pg_ingest_sql(_PG_SOURCE_MANY, duplicates=True)
 
 
 def _stored_rows(keys: set[str]) -> list[tuple[int, str, str]]:
@@ -361,31 +390,33 @@ def _stored_rows(keys: set[str]) -> list[tuple[int, str, str]]:
         return cursor.fetchall()
 
 
+_COUNTERS_UPSERT = """
+INSERT INTO {table} (event_id, count, last_at) {rows}
+ON CONFLICT (event_id) DO UPDATE SET
+  count = {table}.count + EXCLUDED.count, last_at = EXCLUDED.last_at
+"""
+
+
 def _count_duplicates(hits: Counter[int], now: datetime) -> None:
-    """Bumps ``duplicate_count`` on the originals. Rows are locked in id order so concurrent
-    batches hitting the same originals queue instead of deadlocking."""
-    by_times: dict[int, list[int]] = {}
-    for event_id, times in hits.items():
-        by_times.setdefault(times, []).append(event_id)
-    table = UsageEvent._meta.db_table
-    postgres = connection.vendor == "postgresql"
+    """Adds ``hits`` (event id → times seen again) to the events' duplicate counters, in event
+    id order, so concurrent batches hitting the same originals queue instead of deadlocking."""
+    table = EventDuplicates._meta.db_table
+    rows = sorted(hits.items())
+    params: list[Any]
+    if connection.vendor == "postgresql":
+        sql = _COUNTERS_UPSERT.format(
+            table=table,
+            rows="SELECT e, n, %s FROM unnest(%s::bigint[], %s::integer[]) AS u(e, n) ORDER BY e",
+        )
+        params = [now, [e for e, _ in rows], [n for _, n in rows]]
+    else:
+        sql = _COUNTERS_UPSERT.format(
+            table=table, rows="VALUES " + ",".join(["(%s, %s, %s)"] * len(rows))
+        )
+        at = connection.ops.adapt_datetimefield_value(now)
+        params = [value for e, n in rows for value in (e, n, at)]
     with _cursor() as cursor:
-        for times, ids in sorted(by_times.items()):
-            ids.sort()
-            if postgres:
-                cursor.execute(
-                    f"UPDATE {table} SET duplicate_count = duplicate_count + %s, "  # noqa: S608
-                    "last_duplicate_at = %s WHERE id IN (SELECT id FROM "
-                    f"{table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE)",
-                    [times, now, ids],
-                )
-            else:
-                marks = ",".join(["%s"] * len(ids))
-                cursor.execute(
-                    f"UPDATE {table} SET duplicate_count = duplicate_count + %s, "  # noqa: S608
-                    f"last_duplicate_at = %s WHERE id IN ({marks})",
-                    [times, connection.ops.adapt_datetimefield_value(now), *ids],
-                )
+        cursor.execute(sql, params)
 
 
 def _differing_fields(item: Item, original: tuple[Any, ...]) -> list[str]:
@@ -718,7 +749,6 @@ def _prepare(
                 source,
                 through is not None and timestamp < through,
                 replay_of.pk if replay_of is not None else None,
-                0,
             ),
         )
 

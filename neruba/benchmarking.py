@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: client processes that start together, percentiles, the
-psycopg connection parameters of the configured database."""
+psycopg connection parameters of the configured database, a settled server between phases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 
 _fork = multiprocessing.get_context("fork")
 
@@ -52,3 +52,14 @@ def run_clients(target: Any, shares: list[Any]) -> tuple[float, list[Any]]:
     for proc in procs:
         proc.join(timeout=60)
     return elapsed, results
+
+
+def server_settle(*tables: str) -> None:
+    """Puts PostgreSQL in the same state before each timed phase: the autovacuum and analyze
+    that the previous phase's writes would trigger are done now (not inside the next
+    measurement), and dirty pages are flushed. Every phase pays for its own writes, not for
+    the previous phase's clean-up."""
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"VACUUM ANALYZE {connection.ops.quote_name(table)}")
+        cursor.execute("CHECKPOINT")

@@ -83,8 +83,6 @@ EVENT_COLUMNS = {
     "source": "'api'",
     "late": "g %% 997 = 0",
     "rejection_id": "NULL",
-    "duplicate_count": "0",
-    "last_duplicate_at": "NULL",
 }
 
 REJECTION_COLUMNS = {

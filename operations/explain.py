@@ -233,7 +233,7 @@ def explain_key(*, idempotency_key: str) -> Explanation:
         OK,
         f"Event {event.pk} ({how}), received {_at(event.received_at)}, timestamp "
         f"{_at(event.timestamp)}, source {event.source}. Duplicates since: "
-        f"{event.duplicate_count}.",
+        f"{found['duplicate_count']}.",
         event,
     )
     for rejection in explanation.rejections:

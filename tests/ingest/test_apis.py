@@ -10,7 +10,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from ingest import services
-from ingest.models import IngestBatch, IngestRejection, UsageEvent
+from ingest.models import EventDuplicates, IngestBatch, IngestRejection, UsageEvent
 from tests.ingest.conftest import NOW, event
 
 URL = "/api/v1/events"
@@ -53,8 +53,8 @@ def test_duplicate_key_with_same_payload_is_reported_as_duplicate(
     assert response.json()["outcome"] == "duplicate"
     assert response.json()["event_id"] == first["event_id"]
     assert UsageEvent.objects.count() == 1
-    stored = UsageEvent.objects.get()
-    assert stored.duplicate_count == 1 and stored.last_duplicate_at == NOW
+    counter = EventDuplicates.objects.get(event=UsageEvent.objects.get())
+    assert counter.count == 1 and counter.last_at == NOW
 
 
 def test_the_canonical_payload_ignores_key_order_and_the_utc_offset(

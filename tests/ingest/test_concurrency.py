@@ -13,7 +13,7 @@ import pytest
 from django.db import connections
 from django.test import Client
 
-from ingest.models import IngestBatch, IngestRejection, UsageEvent
+from ingest.models import EventDuplicates, IngestBatch, IngestRejection, UsageEvent
 from neruba import services as kernel_services
 from tests import processes
 from tests.factories import CustomerFactory, MetricFactory
@@ -131,5 +131,5 @@ def test_fifty_concurrent_clients_with_overlapping_batches_store_each_key_exactl
     assert sum(b.accepted for b in batches) == total["accepted"] == len(stored)
     assert sum(b.duplicate for b in batches) == total["duplicate"]
     assert IngestRejection.objects.count() == total["failed"] + total["conflict"]
-    duplicates = sum(UsageEvent.objects.values_list("duplicate_count", flat=True))
+    duplicates = sum(EventDuplicates.objects.values_list("count", flat=True))
     assert duplicates == total["duplicate"]
