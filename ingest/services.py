@@ -77,30 +77,38 @@ WHERE {table}.invoiced_through < EXCLUDED.invoiced_through
 """
 
 
+def _upsert_pairs(template: str, pairs: dict[int, Any], value_type: str, now: datetime) -> None:
+    """Runs ``template`` (an ``INSERT … {rows} ON CONFLICT …`` with columns key, value, time)
+    for ``pairs`` in one statement, keys sorted so concurrent writers lock rows in one order.
+    On PostgreSQL the rows are two array parameters, whatever their number."""
+    rows = sorted(pairs.items())
+    params: list[Any]
+    if connection.vendor == "postgresql":
+        sql = template.format(
+            rows=f"SELECT k, v, %s FROM unnest(%s::bigint[], %s::{value_type}[]) AS u(k, v) "  # noqa: S608 - value_type is ours
+            "ORDER BY k"
+        )
+        params = [now, [k for k, _ in rows], [v for _, v in rows]]
+    else:
+        sql = template.format(rows="VALUES " + ",".join(["(%s, %s, %s)"] * len(rows)))
+        adapt = connection.ops.adapt_datetimefield_value
+        params = [
+            value
+            for k, v in rows
+            for value in (k, adapt(v) if isinstance(v, datetime) else v, adapt(now))
+        ]
+    with _cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def invoiced_watermarks_advance(*, through: dict[int, datetime]) -> None:
     """Moves each customer's watermark forward to ``through[customer_id]`` (never back), in one
     statement. Called by billing in the invoice's transaction, so an event ingested after the
     commit for an invoiced period is flagged late."""
-    if not through:
-        return
-    table = InvoicedWatermark._meta.db_table
-    now = timezone.now()
-    rows = sorted(through.items())  # sorted: a stable lock order
-    params: list[Any]
-    if connection.vendor == "postgresql":  # two array parameters, whatever the batch size
-        sql = _WATERMARK_UPSERT.format(
-            table=table,
-            rows="SELECT c, t, %s FROM unnest(%s::bigint[], %s::timestamptz[]) AS u(c, t)",
-        )
-        params = [now, [c for c, _ in rows], [t for _, t in rows]]
-    else:
-        sql = _WATERMARK_UPSERT.format(
-            table=table, rows="VALUES " + ",".join(["(%s, %s, %s)"] * len(rows))
-        )
-        adapt = connection.ops.adapt_datetimefield_value
-        params = [value for c, t in rows for value in (c, adapt(t), adapt(now))]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    if through:
+        table = InvoicedWatermark._meta.db_table
+        template = _WATERMARK_UPSERT.replace("{table}", table)
+        _upsert_pairs(template, through, "timestamptz", timezone.now())
 
 
 def invoiced_watermark_advance(*, customer_id: int, through: datetime) -> None:
@@ -227,8 +235,10 @@ _PG_SOURCE_ONE = (
 # - The batch row takes its id from the sequence up front, so the events can carry it; its
 #   counts move the duplicates from the stored outcome to ``duplicate`` by the given factors
 #   (zero when the counts are settled afterwards anyway).
-# A single event leaves ``old`` and ``cnt`` out: almost every single event is new, and the join
-# and counter upsert would cost each of them (a single duplicate is settled afterwards).
+# Only an autocommitted batch (the fast path) has ``old`` and ``cnt``. A single event leaves
+# them out: almost every single event is new, and the join and counter upsert would cost each
+# of them (a single duplicate is settled afterwards, like every item of a batch that runs in a
+# transaction: see _insert_batch_and_events).
 _PG_INGEST = (
     "WITH bid AS (SELECT nextval(pg_get_serial_sequence('{batches}', 'id')) AS id), "
     "src AS ({source}), "
@@ -285,10 +295,11 @@ def _insert_batch_and_events(
 ) -> tuple[int, dict[str, int], dict[str, int]]:
     """Writes the batch row and ``INSERT … ON CONFLICT (idempotency_key) … RETURNING`` the
     events: claiming a key and storing its event are the same write, so a failed transaction
-    leaves no key behind. Returns the batch id, the ids of the keys stored and, on PostgreSQL,
-    the ids of the keys found stored with the same payload, whose duplicate counters the
-    statement already bumped (see _PG_INGEST). ``shift`` (the predicted counts and the stored
-    outcome) makes the batch row's counts move those duplicates out of the stored outcome.
+    leaves no key behind. Returns the batch id, the ids of the keys stored and the ids of the
+    keys found stored with the same payload, whose duplicate counters the statement already
+    bumped (see _PG_INGEST; only a PostgreSQL batch given ``shift``, i.e. the autocommitted fast
+    path, does this). ``shift`` (the predicted counts and the stored outcome) makes the batch
+    row's counts move those duplicates out of the stored outcome.
 
     On PostgreSQL the batch row and the events go out as one data-modifying CTE, which saves
     a round trip per request (single events are round-trip bound). Rows arrive sorted by key:
@@ -310,8 +321,13 @@ def _insert_batch_and_events(
             event_params = [*_pg_source_params(rows), first[8], first[9], first[11]]
             if len(rows) == 1:
                 sql = _PG_INGEST_ONE
-            else:
+            elif shift is None:
+                # Inside a transaction that goes on to _settle, which counts every duplicate in
+                # one ordered statement. Counting some here too would lock counters in two
+                # statements, out of one order, and could deadlock with a concurrent batch.
                 sql = _PG_INGEST_MANY
+            else:
+                sql = _PG_INGEST_MANY_COUNTING
                 event_params.append(first[8])  # the duplicates' last_at
             factors = {name: 0 for name in Outcome.values}
             if shift is not None:
@@ -367,7 +383,8 @@ def _pg_ingest_sql(source: str, *, duplicates: bool) -> str:
 
 
 _PG_INGEST_ONE = _pg_ingest_sql(_PG_SOURCE_ONE, duplicates=False)
-_PG_INGEST_MANY = _pg_ingest_sql(_PG_SOURCE_MANY, duplicates=True)
+_PG_INGEST_MANY = _pg_ingest_sql(_PG_SOURCE_MANY, duplicates=False)
+_PG_INGEST_MANY_COUNTING = _pg_ingest_sql(_PG_SOURCE_MANY, duplicates=True)
 
 
 def _stored_rows(keys: set[str]) -> list[tuple[int, str, str]]:
@@ -400,23 +417,8 @@ ON CONFLICT (event_id) DO UPDATE SET
 def _count_duplicates(hits: Counter[int], now: datetime) -> None:
     """Adds ``hits`` (event id → times seen again) to the events' duplicate counters, in event
     id order, so concurrent batches hitting the same originals queue instead of deadlocking."""
-    table = EventDuplicates._meta.db_table
-    rows = sorted(hits.items())
-    params: list[Any]
-    if connection.vendor == "postgresql":
-        sql = _COUNTERS_UPSERT.format(
-            table=table,
-            rows="SELECT e, n, %s FROM unnest(%s::bigint[], %s::integer[]) AS u(e, n) ORDER BY e",
-        )
-        params = [now, [e for e, _ in rows], [n for _, n in rows]]
-    else:
-        sql = _COUNTERS_UPSERT.format(
-            table=table, rows="VALUES " + ",".join(["(%s, %s, %s)"] * len(rows))
-        )
-        at = connection.ops.adapt_datetimefield_value(now)
-        params = [value for e, n in rows for value in (e, n, at)]
-    with _cursor() as cursor:
-        cursor.execute(sql, params)
+    template = _COUNTERS_UPSERT.replace("{table}", EventDuplicates._meta.db_table)
+    _upsert_pairs(template, dict(hits), "integer", now)
 
 
 def _differing_fields(item: Item, original: tuple[Any, ...]) -> list[str]:
