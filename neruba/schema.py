@@ -25,7 +25,11 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "type": "apiKey",
             "in": "header",
             "name": "Authorization",
-            "description": "`Api-Key <prefix>.<secret>`; scopes: ingest, read, write.",
+            "description": (
+                "`Api-Key <prefix>.<secret>` or `Bearer <prefix>.<secret>` (the same key; "
+                "Bearer is what Stripe-, OpenMeter- and Lago-style clients send); scopes: "
+                "ingest, read, write."
+            ),
         }
 
 
