@@ -16,6 +16,7 @@ What each surface answers, item by item (the README's migration guide says the s
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -181,13 +182,16 @@ def _lago_field_errors(error: dict[str, Any]) -> dict[str, list[str]]:
     return {field: [_LAGO_CODE.get(code, code)]}
 
 
-def _lago_timestamp(raw: dict[str, Any], received: datetime | None) -> str | None:
-    stamp = raw.get("timestamp")
+def _lago_timestamp(stamp: Any, received: datetime | None) -> str | None:
+    """The event's timestamp as Lago's API writes it (ISO 8601, UTC, ``Z``)."""
     moment: datetime | None = None
     if stamp is None or stamp == "":
         moment = received
-    elif isinstance(stamp, int | float) and not isinstance(stamp, bool):
-        moment = datetime.fromtimestamp(float(stamp), UTC)
+    elif type(stamp) is int:
+        # The common case, and the cheap one: whole Unix seconds.
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    elif isinstance(stamp, float):
+        moment = datetime.fromtimestamp(stamp, UTC)
     elif isinstance(stamp, str):
         try:
             moment = datetime.fromtimestamp(float(stamp), UTC)
@@ -202,7 +206,7 @@ def _lago_timestamp(raw: dict[str, Any], received: datetime | None) -> str | Non
 
 
 def _lago_event(
-    raw: dict[str, Any], result: dict[str, Any], created: str | None, received: datetime | None
+    raw: dict[str, Any], result: dict[str, Any], created: str | None, stamp: str | None
 ) -> dict[str, Any]:
     return {
         "lago_id": str(result["event_id"]),
@@ -211,7 +215,7 @@ def _lago_event(
         "lago_subscription_id": None,
         "external_subscription_id": lago_customer_ref(raw),
         "code": raw.get("code"),
-        "timestamp": _lago_timestamp(raw, received),
+        "timestamp": stamp,
         "precise_total_amount_cents": None,
         "properties": raw.get("properties") or {},
         "created_at": created,
@@ -227,7 +231,12 @@ def lago_answer(
     if not unstored:
         received = result.received_at
         created = None if received is None else received.isoformat().replace("+00:00", "Z")
-        events = [_lago_event(payloads[r["index"]], r, created, received) for r in result.results]
+        events = []
+        for r in result.results:
+            raw = payloads[r["index"]]
+            events.append(
+                _lago_event(raw, r, created, _lago_timestamp(raw.get("timestamp"), received))
+            )
         return 200, ({"events": events} if batch else {"event": events[0]})
     if batch:
         details: dict[str, Any] = {

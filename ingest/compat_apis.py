@@ -264,10 +264,15 @@ _LAGO_EVENT_IN = {
         "code": {"type": "string", "minLength": 1, "description": "The metric's code."},
         "timestamp": {
             "description": "Unix seconds or ISO 8601 with an offset; the receipt when absent.",
-            "anyOf": [{"type": "number"}, {"type": "string"}, {"type": "null"}],
+            "anyOf": [{"type": "number"}, {"type": "string"}],
+            "nullable": True,
         },
-        "properties": {"type": ["object", "null"], "additionalProperties": True},
-        "precise_total_amount_cents": {"type": "null", "description": "Not supported."},
+        "properties": {"type": "object", "nullable": True, "additionalProperties": True},
+        "precise_total_amount_cents": {
+            "type": "string",
+            "nullable": True,
+            "description": "Not supported: null or absent (a value is refused as invalid_field).",
+        },
     },
 }
 _LAGO_EVENT_OUT = {
@@ -276,14 +281,14 @@ _LAGO_EVENT_OUT = {
     "properties": {
         "lago_id": {"type": "string", "description": "The stored event's id."},
         "transaction_id": {"type": "string"},
-        "lago_customer_id": {"type": ["string", "null"]},
-        "lago_subscription_id": {"type": ["string", "null"]},
+        "lago_customer_id": {"type": "string", "nullable": True},
+        "lago_subscription_id": {"type": "string", "nullable": True},
         "external_subscription_id": {"type": "string"},
         "code": {"type": "string"},
         "timestamp": {"type": "string"},
-        "precise_total_amount_cents": {"type": ["string", "null"]},
+        "precise_total_amount_cents": {"type": "string", "nullable": True},
         "properties": {"type": "object", "additionalProperties": True},
-        "created_at": {"type": ["string", "null"]},
+        "created_at": {"type": "string", "nullable": True},
     },
 }
 
