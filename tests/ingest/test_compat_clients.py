@@ -356,11 +356,18 @@ def test_a_lago_batch_with_an_unknown_subscription_stores_the_rest_and_replays_o
         started_at=datetime(2026, 1, 1, tzinfo=UTC),
         external_id="sub_unknown",
     )
-    replayed = ingest_services.rejection_replay(
-        rejection=rejection, actor=None, reason="subscription created"
+    # Replayed from the console like any rejection: preview, reason, done.
+    changelist = "/admin/ingest/ingestrejection/"
+    chosen = {"action": "replay_rejections", "_selected_action": [rejection.pk]}
+    assert b"would be stored" in support.post(changelist, chosen).content
+    done = support.post(
+        changelist, {**chosen, "confirm": "yes", "reason": "subscription created"}, follow=True
     )
-    assert replayed.outcome == "replay"
-    assert UsageEvent.objects.get(idempotency_key="lg-u2").customer.external_id == "globex"
+    assert done.status_code == 200
+    rejection.refresh_from_db()
+    assert rejection.status == "replayed"
+    replayed = UsageEvent.objects.get(idempotency_key="lg-u2")
+    assert (replayed.customer.external_id, replayed.rejection_id) == ("globex", rejection.pk)
     assert _open_rejections_count(support) == 1
 
 
