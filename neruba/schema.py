@@ -17,20 +17,35 @@ class NerubaAutoSchema(AutoSchema):
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    target_class = "neruba.auth.ApiKeyAuthentication"
-    name = "ApiKeyAuth"
+    """One key, two ways to send it (either satisfies an operation): ``Api-Key <key>``, or
+    ``Bearer <key>`` as Stripe-, OpenMeter- and Lago-style clients do."""
 
-    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
-        return {
-            "type": "apiKey",
-            "in": "header",
-            "name": "Authorization",
-            "description": (
-                "`Api-Key <prefix>.<secret>` or `Bearer <prefix>.<secret>` (the same key; "
-                "Bearer is what Stripe-, OpenMeter- and Lago-style clients send); scopes: "
-                "ingest, read, write."
-            ),
-        }
+    target_class = "neruba.auth.ApiKeyAuthentication"
+    name = ["ApiKeyAuth", "BearerAuth"]
+
+    def get_security_requirement(self, auto_schema: AutoSchema) -> list[dict[str, list[Any]]]:
+        return [{"ApiKeyAuth": []}, {"BearerAuth": []}]
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> list[dict[str, str]]:
+        return [
+            {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": (
+                    "`Api-Key <prefix>.<secret>` or `Bearer <prefix>.<secret>` (the same key); "
+                    "scopes: ingest, read, write."
+                ),
+            },
+            {
+                "type": "http",
+                "scheme": "bearer",
+                "description": (
+                    "The same API key as `Authorization: Bearer <prefix>.<secret>`, as Stripe-, "
+                    "OpenMeter- and Lago-style clients send it; scopes: ingest, read, write."
+                ),
+            },
+        ]
 
 
 _ERROR_ENVELOPE = {

@@ -281,8 +281,11 @@ def test_the_native_api_takes_the_key_as_bearer_too(
 @pytest.mark.django_db
 def test_the_schema_documents_bearer_keys_and_the_compatible_surfaces() -> None:
     schema = APIClient().get("/openapi.json").json()
-    scheme = schema["components"]["securitySchemes"]["ApiKeyAuth"]
-    assert "Bearer" in scheme["description"] and "Api-Key" in scheme["description"]
+    schemes = schema["components"]["securitySchemes"]
+    assert "Bearer" in schemes["ApiKeyAuth"]["description"]
+    assert (schemes["BearerAuth"]["type"], schemes["BearerAuth"]["scheme"]) == ("http", "bearer")
+    customers = schema["paths"]["/api/v1/customers"]["get"]
+    assert customers["security"] == [{"ApiKeyAuth": []}, {"BearerAuth": []}]
     openmeter = schema["paths"][OPENMETER]["post"]
     assert set(openmeter["requestBody"]["content"]) == {CE, CE_BATCH, "application/json"}
     assert "204" in openmeter["responses"]
