@@ -248,6 +248,22 @@ def test_a_lago_batch_over_the_limit_is_a_validation_error_on_events(bearer: API
     assert response.json()["error_details"] == {"events": ["too_many_events"]}
 
 
+def test_lago_auth_and_scope_errors_answer_lago_s_error_shape(
+    make_api_key: Callable[..., tuple[ApiKey, str]], meters: dict[str, Any]
+) -> None:
+    response = post(APIClient(), LAGO, {"event": lago("lg-1")})
+    assert response.status_code == 401
+    assert response.json()["error"] == "Unauthorized"
+    assert response.json()["code"] == "not_authenticated"
+    _, read_only = make_api_key("read")
+    reader = APIClient()
+    reader.credentials(HTTP_AUTHORIZATION=f"Bearer {read_only}")
+    response = post(reader, LAGO_BATCH, {"events": [lago("lg-1")]})
+    assert response.status_code == 403
+    assert (response.json()["error"], response.json()["code"]) == ("Forbidden", "missing_scope")
+    assert not UsageEvent.objects.exists()
+
+
 def test_a_throttled_lago_client_is_told_when_to_retry(
     bearer: APIClient,
 ) -> None:
