@@ -35,6 +35,7 @@ from ingest.validation import (
     Item,
     extract_value,
     is_cloudevent,
+    is_storable_text,
     lago_customer_ref,
     parse_item,
     storable_json,
@@ -458,7 +459,13 @@ def customer_ref_resolver_register(*, resolver: CustomerRefResolver) -> None:
 def _customer_aliases(payloads: Sequence[Any]) -> dict[str, str]:
     """One lookup per registered resolver for a Lago request's subscription references; a
     reference no resolver knows stays as it is and is looked up as a customer's external id."""
-    refs = {ref for raw in payloads if isinstance(ref := lago_customer_ref(raw), str) and ref}
+    # Only references an item could pass with: PostgreSQL refuses NUL in a text comparison
+    # (those items fail as invalid_field later, each on its own).
+    refs = {
+        ref
+        for raw in payloads
+        if isinstance(ref := lago_customer_ref(raw), str) and ref and is_storable_text(ref)
+    }
     aliases: dict[str, str] = {}
     for resolver in _customer_ref_resolvers:
         if refs:

@@ -274,6 +274,11 @@ def parse_item(
     return item
 
 
+def is_storable_text(value: str) -> bool:
+    """Whether ``value`` can be stored in (or compared with) a PostgreSQL text column."""
+    return _storable_text(value)
+
+
 def _storable_text(value: str) -> bool:
     """No NUL (PostgreSQL text cannot hold it) and no lone surrogate (not encodable)."""
     if value.isascii():

@@ -216,6 +216,19 @@ def test_a_lago_event_naming_a_subscription_goes_to_its_customer(
     assert stored.customer == meters["other"]
 
 
+def test_a_lago_subscription_reference_with_a_nul_fails_that_item_not_the_request(
+    bearer: APIClient,
+) -> None:
+    # PostgreSQL cannot compare text with NUL: the subscription lookup must not see it.
+    events = [lago("lg-ok"), lago("lg-nul", external_subscription_id="sub\x00x")]
+    response = post(bearer, LAGO_BATCH, {"events": events})
+    assert response.status_code == 422, response.content
+    assert response.json()["error_details"] == {
+        "1": {"external_subscription_id": ["invalid_field"]}
+    }
+    assert list(UsageEvent.objects.values_list("idempotency_key", flat=True)) == ["lg-ok"]
+
+
 def test_a_lago_event_may_name_the_customer_as_older_clients_did(bearer: APIClient) -> None:
     event = lago("lg-c", external_subscription_id=None, external_customer_id="globex")
     assert post(bearer, LAGO, {"event": event}).status_code == 200
