@@ -182,14 +182,6 @@ def parse_item(
     optional_time = surface in (SURFACE_OPENMETER, SURFACE_LAGO)
     if surface == SURFACE_OPENMETER:
         cloudevent = True
-    if lago:
-        precise = raw.get("precise_total_amount_cents")
-        if precise is not None:
-            return item.fail(
-                "invalid_field",
-                "`precise_total_amount_cents` is not supported: send the amount in `properties`.",
-                field="precise_total_amount_cents",
-            )
     if cloudevent:
         # The CloudEvents spec requires these two as well, though ingest does not use them.
         for attribute in ("specversion", "source"):
@@ -217,6 +209,13 @@ def parse_item(
             "invalid_field",
             f"`{names[0][1]}` must be a string of at most {MAX_KEY_LENGTH} characters.",
             field=names[0][1],
+        )
+
+    if lago and raw.get("precise_total_amount_cents") is not None:
+        return item.fail(
+            "invalid_field",
+            "`precise_total_amount_cents` is not supported: send the amount in `properties`.",
+            field="precise_total_amount_cents",
         )
 
     customer, metric, stamp = event.get("customer"), event.get("metric"), event.get("timestamp")

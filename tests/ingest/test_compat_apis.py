@@ -202,7 +202,9 @@ def test_a_bad_lago_event_is_a_422_validation_error_and_a_rejection(
     )
     assert body["error_details"] == details
     assert not UsageEvent.objects.exists()
-    assert IngestRejection.objects.get().surface == "lago"
+    rejection = IngestRejection.objects.get()
+    assert rejection.surface == "lago"
+    assert rejection.idempotency_key == ("" if "transaction_id" in overrides else "lg-bad")
 
 
 def test_a_lago_event_naming_a_subscription_goes_to_its_customer(
