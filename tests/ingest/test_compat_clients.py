@@ -65,8 +65,13 @@ def support(world: dict[str, Any]) -> DjangoClient:
     return client
 
 
+# One instant per run (the server checks timestamps against the real clock): an event built
+# twice must be the same event, or its resend would rightly be a conflict.
+_STARTED = datetime.now(UTC).replace(microsecond=0)
+
+
 def _when(minutes_ago: int = 30) -> datetime:
-    return (datetime.now(UTC) - timedelta(minutes=minutes_ago)).replace(microsecond=0)
+    return _STARTED - timedelta(minutes=minutes_ago)
 
 
 def _console_batches(support: DjangoClient, source: str) -> str:
