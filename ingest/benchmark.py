@@ -9,8 +9,8 @@ gunicorn on a free loopback port; (5) batches of ``--batch-size`` from ``--clien
 client processes; (6) the same batches again (100 % duplicates); (7) single events with
 ``wrk`` (or a Python client when wrk is not installed); (8) the same number of new events as
 OpenMeter CloudEvents batches through ``/compat/openmeter`` and (9) as Lago batches through
-``/compat/lago``, each against the native batch rate; (10) stop the server and delete everything
-the run created.
+``/compat/lago``; (10) native batches again, so each surface is compared with the faster of two
+native runs; (11) stop the server and delete everything the run created.
 """
 
 from __future__ import annotations
@@ -494,6 +494,26 @@ def run(command: BaseCommand, **options: Any) -> bool:
         lago_s, lago_lat, _lago_out, lago_st = _http_phase(port, bearer, lago_bodies, clients, LAGO)
         lago_rate = n_events / lago_s
         lago_stored = UsageEvent.objects.filter(idempotency_key__startswith=f"{prefix}-lg-").count()
+
+        # 10. Native batches once more, new keys, right after the compatible surfaces: on a shared
+        # machine the load drifts between phases, so each surface is held against the faster of
+        # the two native runs (the stricter comparison).
+        again_bodies = [
+            json.dumps(
+                {
+                    "events": [
+                        dict(e, idempotency_key=f"{prefix}-nb-{i + j}")
+                        for j, e in enumerate(events[i : i + size])
+                    ]
+                }
+            ).encode()
+            for i in range(0, n_events, size)
+        ]
+        server_settle(events_table)
+        out.write(f"(g) native batches of {size} again, new keys …")
+        again_s, again_lat, again_out, again_st = _http_phase(port, auth, again_bodies, clients)
+        again_rate = n_events / again_s
+        again_ok = again_st == {200: len(again_bodies)} and again_out.get("accepted") == n_events
     finally:
         if server is not None:
             gunicorn_stop(server)
@@ -508,12 +528,13 @@ def run(command: BaseCommand, **options: Any) -> bool:
         and not single.get("errors")
     )
     dup_ok = dup_rate >= batch_rate and dup_out.get("duplicate", 0) == n_events
-    om_ratio, lago_ratio = om_rate / batch_rate, lago_rate / batch_rate
+    native_rate = max(batch_rate, again_rate)
+    om_ratio, lago_ratio = om_rate / native_rate, lago_rate / native_rate
     om_ok = om_ratio >= TARGET_COMPAT_RATIO and om_st == {204: len(om_bodies)}
     om_ok = om_ok and om_stored == n_events
     lago_ok = lago_ratio >= TARGET_COMPAT_RATIO and lago_st == {200: len(lago_bodies)}
     lago_ok = lago_ok and lago_stored == n_events
-    ok = batch_ok and single_ok and dup_ok and om_ok and lago_ok
+    ok = batch_ok and single_ok and dup_ok and om_ok and lago_ok and again_ok
 
     def ms(values: list[float], q: float) -> str:
         return f"{percentile(values, q) * 1000:7.1f}"
@@ -537,6 +558,8 @@ def run(command: BaseCommand, **options: Any) -> bool:
         f"{ms(om_lat, 0.99):>9}   (per request) {om_stored} stored, statuses {om_st}",
         f"{'(f) Lago batches (/compat)':<34}{lago_rate:>10.0f}{ms(lago_lat, 0.5):>9}"
         f"{ms(lago_lat, 0.99):>9}   (per request) {lago_stored} stored, statuses {lago_st}",
+        f"{'(g) native batches again':<34}{again_rate:>10.0f}{ms(again_lat, 0.5):>9}"
+        f"{ms(again_lat, 0.99):>9}   (per request) {again_out}",
         "",
         f"batch / raw = {ratio:.2f}  (target >= {TARGET_BATCH_RATIO})  "
         f"{'MET' if batch_ok else 'MISSED'}",
@@ -545,9 +568,11 @@ def run(command: BaseCommand, **options: Any) -> bool:
         f"{'MET' if single_ok else 'MISSED'}",
         f"duplicates / accepted = {dup_rate / batch_rate:.2f}  (target >= 1.0)  "
         f"{'MET' if dup_ok else 'MISSED'}",
-        f"openmeter / native batch = {om_ratio:.2f}  (target >= {TARGET_COMPAT_RATIO})  "
+        f"openmeter / native batch (best of b, g) = {om_ratio:.2f}  "
+        f"(target >= {TARGET_COMPAT_RATIO})  "
         f"{'MET' if om_ok else 'MISSED'}",
-        f"lago / native batch = {lago_ratio:.2f}  (target >= {TARGET_COMPAT_RATIO})  "
+        f"lago / native batch (best of b, g) = {lago_ratio:.2f}  "
+        f"(target >= {TARGET_COMPAT_RATIO})  "
         f"{'MET' if lago_ok else 'MISSED'}",
         f"cleaned up {stored} stored events, the scratch table, customers, metrics and the key",
     ]
