@@ -58,6 +58,18 @@ def _unstored(result: IngestResult) -> list[dict[str, Any]]:
     return [r for r in result.results if r["outcome"] not in STORED]
 
 
+def _summary(result: IngestResult, unstored: list[dict[str, Any]]) -> str:
+    first = unstored[0]
+    why = f"{first['error']['code']} — {first['error']['message']}"
+    if len(result.results) == 1:
+        return f"The event ({first['idempotency_key']!r}) was not stored: {why}"
+    stored = len(result.results) - len(unstored)
+    return (
+        f"{len(unstored)} of {len(result.results)} events were not stored ({stored} were). "
+        f"First: event {first['index']} ({first['idempotency_key']!r}): {why}"
+    )
+
+
 # --- OpenMeter ---------------------------------------------------------------------------------
 
 
@@ -98,12 +110,7 @@ def openmeter_answer(result: IngestResult, *, instance: str) -> tuple[int, dict[
     if not unstored:
         return 204, None
     status = 409 if all(r["outcome"] == Outcome.CONFLICT for r in unstored) else 400
-    first = unstored[0]
-    detail = (
-        f"{len(unstored)} of {len(result.results)} events were not stored; the others were. "
-        f"First: event {first['index']} ({first['idempotency_key']!r}): "
-        f"{first['error']['code']} — {first['error']['message']}"
-    )
+    detail = _summary(result, unstored)
     errors = [
         {
             "index": r["index"],
@@ -244,12 +251,7 @@ def lago_answer(
         }
     else:
         details = _lago_field_errors(unstored[0]["error"])
-    first = unstored[0]
-    message = (
-        f"{len(unstored)} of {len(result.results)} events were not stored; the others were. "
-        f"First: event {first['index']} ({first['idempotency_key']!r}): "
-        f"{first['error']['code']} — {first['error']['message']}"
-    )
+    message = _summary(result, unstored)
     body = lago_error(422, "validation_errors", message, details)
     body["neruba"] = {
         "batch_id": result.batch_id,

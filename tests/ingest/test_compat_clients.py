@@ -191,6 +191,7 @@ def test_an_openmeter_batch_with_an_unknown_customer_stores_the_rest_and_names_t
         openmeter.events.ingest_events(events)
     assert raised.value.status_code == 400
     problem = raised.value.response.json()
+    assert problem["detail"].startswith("1 of 3 events were not stored (2 were).")
     assert problem["extensions"]["counts"]["accepted"] == 2
     assert [(e["index"], e["code"]) for e in problem["extensions"]["errors"]] == [
         (1, "unknown_customer")
