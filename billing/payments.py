@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from billing.models import Dispute, Invoice, PaymentCharge, PaymentFinding, Refund
 from neruba import audit
+from neruba.errors import ValidationFailed
 from neruba.models import Customer
 from neruba.money import money
 
@@ -493,6 +494,13 @@ def refund_record(
     raises a payment finding instead of moving any balance. ``stale`` (a newer snapshot of this
     refund was already applied) keeps the row as it is; the sums are recomputed from the rows,
     so redeliveries, replays and a refund that fails after succeeding stay exact."""
+    if amount <= 0:
+        # Stripe never refunds nothing: a malformed object fails (and is retried, then dead)
+        # where an operator sees it, instead of recording a refund of zero.
+        raise ValidationFailed(
+            "A refund must be a positive amount.",
+            details={"refund": stripe_refund_id, "amount": amount},
+        )
     result = PaymentChange()
     currency = currency.upper()
     with transaction.atomic():
@@ -629,7 +637,6 @@ def payment_finding_close(
     moves: the cash already went back to the card. Audited; a replay of the same facts does
     not reopen it (``_charge_settle`` skips numbers finance already handled)."""
     from billing.exceptions import PaymentFindingNotOpen
-    from neruba.errors import ValidationFailed
 
     if not reason.strip():
         raise ValidationFailed("A reason is required.", details={"reason": "required"})

@@ -265,6 +265,8 @@ def test_a_refund_and_a_lost_dispute_processed_at_once_raise_one_finding_and_exa
     assert invoice.amount_collected == -TOTAL
     finding = PaymentFinding.objects.get()
     assert finding.status == "open" and finding.returned == 2 * TOTAL
-    assert finding.detail == "charge ch_race returned 38.00 of 19.00 USD: refunded and lost in dispute"
+    assert finding.detail == (
+        "charge ch_race returned 38.00 of 19.00 USD: refunded and lost in dispute"
+    )
     assert AuditEntry.objects.filter(action="payment_finding.open").count() == 1
     assert not CreditEntry.objects.exists()
