@@ -180,7 +180,7 @@ class InvoiceDetailApi(ScopedApi):
 
 
 class CreditEntryOutput(serializers.ModelSerializer):
-    invoice = serializers.SlugRelatedField(slug_field="number", read_only=True)
+    invoice = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True)
 
     class Meta:
         model = CreditEntry

@@ -159,8 +159,8 @@ def invoice_payment_status_record(
                     "status": locked.status,
                     "provider_invoice_id": locked.provider_invoice_id,
                     "occurred_at": occurred_at,
-                    "amount_paid": locked.amount_paid,
                     **(details or {}),
+                    "amount_paid_recorded": locked.amount_paid,
                 },
             )
         if "amount_paid" in updates:

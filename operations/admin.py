@@ -240,9 +240,9 @@ issue_credit = guarded_action(
     permission="billing.issue_credit",
     perform=_credit_issue,
     preview=lambda c: (
-        f"a credit entry in {c.currency} (the customer's currency; any other is refused) is "
-        f"added to {c.external_id}'s ledger (balance now "
-        f"{credit_balances(customer=c) or {c.currency: 0}}); it is applied to the next invoice"
+        f"a credit entry is added to {c.external_id}'s ledger (balance now "
+        f"{credit_balances(customer=c) or {c.currency: 0}}); it is applied to the next invoice. "
+        f"It must be in {c.currency}, the customer's currency: any other is refused"
     ),
     form=CreditForm,
     explanation="Credits are spendable ledger entries: never edited; a mistake is corrected by "
