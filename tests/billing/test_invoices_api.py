@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 import pytest
 import time_machine
 from django.db import transaction
+from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
 from billing import services
@@ -228,3 +230,16 @@ def test_a_credit_is_granted_over_the_api_only_in_the_customers_currency(
     assert created.json()["reason_code"] == "refund_as_credit"
     entry = AuditEntry.objects.get(action="credit.grant")
     assert entry.actor_label.startswith("api_key:") and entry.reason == "credit, not a refund"
+
+
+@override_settings(NERUBA_API_DOCS="public")
+def test_the_openapi_schema_documents_the_cash_amounts_and_the_credit_grant(
+    client: Client,
+) -> None:
+    schema = json.loads(client.get("/openapi.json").content)
+    invoice = schema["components"]["schemas"]["InvoiceOutput"]
+    for name in ("amount_paid", "amount_refunded", "amount_disputed", "amount_collected"):
+        assert invoice["properties"][name]["type"] == "integer", name
+    grant = schema["paths"]["/api/v1/customers/{external_id}/credits"]["post"]
+    assert "credit_currency_mismatch" in grant["description"]
+    assert {"201", "400", "404"} <= set(grant["responses"])
