@@ -313,6 +313,10 @@ def _charge_settle(
     seen, even before the invoice's payment arrives."""
     refunds = Refund.objects.filter(charge_id=charge.charge_id)
     disputes = Dispute.objects.filter(charge_id=charge.charge_id)
+    if invoice is not None:
+        # Facts that arrived before the charge was known to pay this invoice count on it now.
+        refunds.filter(invoice=None).update(invoice=invoice)
+        disputes.filter(invoice=None).update(invoice=invoice)
     refunded = _sum(refunds.filter(status=REFUND_SUCCEEDED))
     disputed = _sum(disputes.filter(status=DISPUTE_LOST))
     largest_dispute = int(disputes.aggregate(m=Max("amount"))["m"] or 0)

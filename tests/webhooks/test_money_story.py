@@ -270,3 +270,24 @@ def test_a_refund_and_a_lost_dispute_processed_at_once_raise_one_finding_and_exa
     )
     assert AuditEntry.objects.filter(action="payment_finding.open").count() == 1
     assert not CreditEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_refund_seen_before_its_charge_was_tied_to_the_invoice_counts_there_once_it_is(
+    deliver: Any,
+) -> None:
+    customer = factories.CustomerFactory(external_id="late-link", stripe_customer_id="cus_ll")
+    invoice = make_invoice(customer=customer, total=TOTAL)
+    deliver(*invoice_event(invoice, type="invoice.paid", created=NOW - 100, amount_paid=TOTAL))
+    bare = _charge(invoice, "ch_late_link")
+    del bare["invoice"]  # newer API versions do not put the invoice on the charge
+    deliver(*delivery(bare, type="charge.succeeded", created=NOW - 90))
+    deliver(*delivery(_refund("re_ll", "ch_late_link", 633), type="refund.created", created=NOW))
+    invoice.refresh_from_db()
+    assert invoice.amount_refunded == 0  # nothing yet ties the charge to the invoice
+
+    deliver(*delivery(_charge(invoice, "ch_late_link"), type="charge.captured", created=NOW))
+
+    invoice.refresh_from_db()
+    assert (invoice.amount_refunded, invoice.amount_collected) == (633, TOTAL - 633)
+    assert not CreditEntry.objects.exists()
