@@ -78,6 +78,27 @@ def _stale(event: StripeEvent, object_id: str) -> bool:
     )
 
 
+def _refund_stale(event: StripeEvent, refund_id: str, charge_id: str) -> bool:
+    """A refund's snapshots come as the refund itself (``refund.*``, ``charge.refund.updated``)
+    and, with older API versions, embedded in ``charge.refunded`` (whose object is the charge).
+    Either kind, when newer and already applied, makes this snapshot stale."""
+    if _stale(event, refund_id):
+        return True
+    if not charge_id:
+        return False
+    newer = StripeEvent.objects.filter(
+        object_id=charge_id,
+        type="charge.refunded",
+        status=StripeEvent.Status.PROCESSED,
+        created__gt=event.created,
+    ).exclude(pk=event.pk)
+    for payload in newer.values_list("payload", flat=True)[:20]:
+        embedded = ((payload.get("data") or {}).get("object") or {}).get("refunds") or {}
+        if any(_id(r) == refund_id for r in embedded.get("data") or []):
+            return True
+    return False
+
+
 def _customer_by_stripe(stripe_customer_id: str) -> Customer | None:
     if not stripe_customer_id:
         return None
@@ -227,7 +248,7 @@ def _apply_refund(
         customer=customer,
         invoice=invoice,
         source=_source(event),
-        stale=_stale(event, refund_id),
+        stale=_refund_stale(event, refund_id, charge_id),
         charge_amount=_charge_amount(charge),
     )
     return HandlerResult("processed", change.notes, invoice=invoice, customer=customer)

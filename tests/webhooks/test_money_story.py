@@ -291,3 +291,26 @@ def test_a_refund_seen_before_its_charge_was_tied_to_the_invoice_counts_there_on
     invoice.refresh_from_db()
     assert (invoice.amount_refunded, invoice.amount_collected) == (633, TOTAL - 633)
     assert not CreditEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_older_refund_snapshot_never_undoes_a_newer_one_embedded_in_the_charge(
+    deliver: Any,
+) -> None:
+    invoice, ch = _paid_invoice(deliver, "embedded")
+    succeeded = _refund("re_embedded", ch, TOTAL)
+    charge = _charge(
+        invoice,
+        ch,
+        amount_refunded=TOTAL,
+        refunded=True,
+        refunds={"object": "list", "data": [succeeded], "has_more": False, "url": "/v1/refunds"},
+    )
+    deliver(*delivery(charge, type="charge.refunded", id="evt_emb_new", created=NOW))
+    # The refund's own, older event (still pending then) arrives late.
+    pending = _refund("re_embedded", ch, TOTAL, status="pending")
+    deliver(*delivery(pending, type="refund.created", id="evt_emb_old", created=NOW - 30))
+
+    invoice.refresh_from_db()
+    assert invoice.amount_refunded == TOTAL
+    assert StripeEvent.objects.get(stripe_id="evt_emb_old").status == "processed"
