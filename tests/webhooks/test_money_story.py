@@ -240,16 +240,23 @@ def _post_signed(body: bytes, signature: str) -> int:
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_a_refund_and_a_lost_dispute_processed_at_once_raise_one_finding_and_exact_sums() -> None:
-    """Two workers take the refund and the dispute of one charge at the same moment: the charge
-    row lock makes them settle one after the other, so the second sees the first's row and the
-    over-return is found exactly once."""
+@pytest.mark.parametrize("linked", [True, False], ids=["invoice known", "charge only"])
+def test_a_refund_and_a_lost_dispute_processed_at_once_raise_one_finding_and_exact_sums(
+    linked: bool,
+) -> None:
+    """Workers take the refund and the dispute of one charge at the same moment: the invoice
+    row lock (when the charge is known to pay one) and the charge row lock make them settle one
+    after the other, so the later one sees the earlier one's row and the over-return is found
+    exactly once."""
     customer = Customer.objects.create(
         external_id="race", name="Race", currency="USD", stripe_customer_id="cus_race"
     )
     invoice = make_invoice(customer=customer, total=TOTAL, status=Invoice.Status.PAID)
     Invoice.objects.filter(pk=invoice.pk).update(amount_paid=TOTAL, amount_collected=TOTAL)
-    assert _post_signed(*delivery(_charge(invoice, "ch_race"), type="charge.succeeded")) == 200
+    charge = _charge(invoice, "ch_race")
+    if not linked:
+        del charge["invoice"]
+    assert _post_signed(*delivery(charge, type="charge.succeeded")) == 200
     signed = [
         delivery(_refund("re_race", "ch_race", TOTAL), type="refund.created", id="evt_race_re"),
         delivery(
@@ -261,8 +268,11 @@ def test_a_refund_and_a_lost_dispute_processed_at_once_raise_one_finding_and_exa
 
     assert results == [200] * 6
     invoice.refresh_from_db()
-    assert (invoice.amount_refunded, invoice.amount_disputed) == (TOTAL, TOTAL)
-    assert invoice.amount_collected == -TOTAL
+    if linked:
+        assert (invoice.amount_refunded, invoice.amount_disputed) == (TOTAL, TOTAL)
+        assert invoice.amount_collected == -TOTAL
+    else:
+        assert (invoice.amount_refunded, invoice.amount_collected) == (0, TOTAL)
     finding = PaymentFinding.objects.get()
     assert finding.status == "open" and finding.returned == 2 * TOTAL
     assert finding.detail == (
