@@ -248,6 +248,13 @@ VARIABLES: tuple[Var, ...] = (
         "How long ingest batches and rejections are kept before the retention sweep prunes them.",
     ),
     Var(
+        "NERUBA_EVENT_ARCHIVE_AFTER",
+        "duration",
+        "0s",
+        "Months of usage events older than this may be archived (detached and exported) by "
+        "`manage.py archive_events`; 0s (the default) archives nothing: billing records are kept.",
+    ),
+    Var(
         "NERUBA_BILLING_GRACE",
         "duration",
         "1h",
