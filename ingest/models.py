@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.db import models
+from typing import Any
+
+from django.db import models, transaction
 from django.utils import timezone
 
 from neruba.models import ApiKey, Customer
@@ -121,6 +123,20 @@ class UsageEvent(models.Model):
 
     def __str__(self) -> str:
         return self.idempotency_key
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """An event saved through the ORM (fixtures, tests, scripts; ingest writes by SQL)
+        registers its key in the same transaction, so the registry stays the whole truth."""
+        adding = self._state.adding
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            if adding:
+                EventKey.objects.create(
+                    idempotency_key=self.idempotency_key,
+                    event_id=self.pk,
+                    timestamp=self.timestamp,
+                    payload_hash=self.payload_hash,
+                )
 
 
 class EventKey(models.Model):

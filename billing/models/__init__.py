@@ -4,10 +4,11 @@ from billing.models.catalog import Interval, Plan, Price, Subscription
 from billing.models.drift import DriftFinding
 from billing.models.invoices import Invoice, InvoiceCounter, InvoiceLine, ProviderSync
 from billing.models.ledger import CreditEntry, Dispute, ReasonCode, Refund
-from billing.models.runs import BillingRun, BillingWindow
+from billing.models.runs import BillingRun, BillingShard, BillingWindow
 
 __all__ = [
     "BillingRun",
+    "BillingShard",
     "BillingWindow",
     "CreditEntry",
     "Dispute",

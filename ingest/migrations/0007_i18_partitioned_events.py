@@ -175,25 +175,50 @@ def partition_events(apps, schema_editor):
 
 
 def unpartition_events(apps, schema_editor):
-    """Back to one plain table (PostgreSQL), rows copied; the registry is emptied."""
+    """Back to one plain table (PostgreSQL), rows copied, the original constraints restored;
+    the registry is emptied. Writers wait for the whole conversion, as forwards."""
     if schema_editor.connection.vendor != "postgresql":
         schema_editor.execute("DELETE FROM ingest_eventkey")
         return
     with schema_editor.connection.cursor() as cursor:
+
+        def rows(sql, params=None):
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
         cursor.execute(f"LOCK TABLE {EVENTS} IN EXCLUSIVE MODE")
-        cursor.execute(f"ALTER TABLE {EVENTS} RENAME TO {OLD}")
-        cursor.execute(
-            f"CREATE TABLE {EVENTS} (LIKE {OLD} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
-            "INCLUDING INDEXES)"
+        indexes = rows(
+            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid "
+            "WHERE x.indrelid = %s::regclass AND NOT x.indisprimary",
+            [EVENTS],
         )
+        foreign = rows(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE contype = 'f' AND conrelid = %s::regclass",
+            [EVENTS],
+        )
+        for name, _ in foreign:
+            cursor.execute(f'ALTER TABLE {EVENTS} DROP CONSTRAINT "{name}"')
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
+        cursor.execute(f"ALTER TABLE {EVENTS} DROP CONSTRAINT {EVENTS}_pkey")
+        cursor.execute(f"ALTER TABLE {EVENTS} RENAME TO {OLD}")
+        cursor.execute(f"CREATE TABLE {EVENTS} (LIKE {OLD} INCLUDING DEFAULTS)")
         cursor.execute(f"ALTER SEQUENCE {EVENTS}_id_seq OWNED BY {EVENTS}.id")
         cursor.execute(f"INSERT INTO {EVENTS} SELECT * FROM {OLD}")
         cursor.execute(f"DROP TABLE {OLD} CASCADE")
-        cursor.execute(f"ALTER TABLE {EVENTS} DROP CONSTRAINT IF EXISTS {EVENTS}_pkey")
-        cursor.execute(f"ALTER TABLE {EVENTS} ADD PRIMARY KEY (id)")
+        cursor.execute(f"ALTER TABLE {EVENTS} ADD CONSTRAINT {EVENTS}_pkey PRIMARY KEY (id)")
         cursor.execute(
             f"ALTER TABLE {EVENTS} ADD CONSTRAINT usage_event_key_unique UNIQUE (idempotency_key)"
         )
+        for name, definition in indexes:
+            if name == f"{EVENTS}_rejection_id_key":
+                cursor.execute(f"ALTER TABLE {EVENTS} ADD CONSTRAINT {name} UNIQUE (rejection_id)")
+            else:
+                cursor.execute(definition.replace("ONLY ", ""))
+        for name, definition in foreign:
+            cursor.execute(f'ALTER TABLE {EVENTS} ADD CONSTRAINT "{name}" {definition}')
         cursor.execute("DROP FUNCTION IF EXISTS neruba_event_partition_ensure(date)")
         cursor.execute("DELETE FROM ingest_eventkey")
 
