@@ -38,17 +38,24 @@ class ArchivePlan:
     seconds: float = 0.0
     bytes: int = 0
     sha256: str = ""
+    detach_seconds: float = 0.0
 
     def describe(self) -> str:
         verb = "would archive" if self.dry_run else "archived"
         where = f"to {self.path}" if self.path else ""
-        took = "" if self.dry_run else f" in {self.seconds:.2f} s ({self.bytes} bytes)"
+        took = (
+            ""
+            if self.dry_run
+            else f" in {self.seconds:.2f} s (detached from the live store in "
+            f"{self.detach_seconds:.2f} s; export {self.bytes} bytes)"
+        )
         return f"{self.month:%Y-%m}: {verb} {self.events} events {where}{took}".strip()
 
 
-def _archivable(month: date) -> None:
+def _archivable(month: date) -> EventArchive | None:
     """Refuses what must not go: archival off (the default), a month too recent, one that is
-    not a partition (SQLite; already archived; never had one)."""
+    not a partition (SQLite; already archived; never had one). Returns the archive to resume
+    when a month was detached but its export did not finish."""
     if not partitioned():
         raise ArchiveRefused(
             "Archival needs the partitioned event store (PostgreSQL).", details={"engine": "sqlite"}
@@ -69,7 +76,15 @@ def _archivable(month: date) -> None:
             f"{month:%Y-%m} is too recent to archive (months ending before {horizon:%Y-%m-%d}).",
             details={"month": f"{month:%Y-%m}", "horizon": horizon.isoformat()},
         )
-    if EventArchive.objects.filter(month=month).exists():
+    existing = EventArchive.objects.filter(month=month).first()
+    if existing is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", [f"{partition_name(month)}_archived"]
+            )
+            detached = bool(cursor.fetchone()[0])
+        if not existing.path and detached:
+            return existing  # detached, export not finished: resume
         raise ArchiveRefused(
             f"{month:%Y-%m} is already archived.", details={"month": f"{month:%Y-%m}"}
         )
@@ -77,6 +92,7 @@ def _archivable(month: date) -> None:
         raise ArchiveRefused(
             f"{month:%Y-%m} has no partition to archive.", details={"month": f"{month:%Y-%m}"}
         )
+    return None
 
 
 def events_month_archive(
@@ -88,69 +104,72 @@ def events_month_archive(
     dry_run: bool = True,
     keep_table: bool = False,
 ) -> ArchivePlan:
-    """Exports the month's partition to ``directory`` (gzipped CSV with a header, the event
-    table's columns), then detaches and drops it, records an EventArchive row and the audit
-    entry — all in one transaction that first locks the partition against writes, so nothing
-    written after the export could be dropped with it, and a failure at any step leaves the
-    month attached and nothing recorded (an export file may be left behind; it is rewritten
-    on the next attempt). ``keep_table`` leaves the detached table in place (renamed) instead of
-    dropping it. A dry run counts the rows and writes nothing."""
-    _archivable(month)
+    """Archives a month of events without a DELETE.
+
+    1. One short transaction: detach the month's partition (a catalog change; it waits for
+       writes in flight to it and makes later ones impossible), rename it
+       ``…_archived``, count its rows, record the EventArchive row and the audit entry. This is
+       the only step the live store notices.
+    2. Export the detached table with COPY to ``directory`` (gzipped CSV with a header, the
+       event table's columns) and record the file's path, size and sha256.
+    3. Drop the detached table, unless ``keep_table``.
+
+    A failure in step 1 leaves the month attached and nothing recorded. A failure in step 2 or
+    3 leaves the detached table in place and the archive without a path: running the command
+    again resumes there. A dry run counts the rows and writes nothing."""
+    resume = _archivable(month)
     table = partition_name(month)
+    detached = f"{table}_archived"
     path = directory / f"usage-events-{month:%Y-%m}.csv.gz"
     if dry_run:
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - our partition name
+            cursor.execute(f"SELECT count(*) FROM {detached if resume else table}")  # noqa: S608
             return ArchivePlan(month, int(cursor.fetchone()[0]), str(path), True)
     reason = reason.strip()
     if not reason:
         raise ValidationFailed("A reason is required.", details={"reason": "required"})
     started = time.perf_counter()
-    directory.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            # 1. Writers to this month wait (readers do not) until the month is gone.
-            cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
-            # 2. Export through COPY, streamed to the file; the digest covers what was written.
-            partial = path.with_suffix(".partial")
-            with (
-                open(partial, "wb") as raw,
-                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as out,
-            ):
-                pg = cursor.cursor  # psycopg's own cursor, for COPY
-                with pg.copy(f"COPY {table} TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
-                    for chunk in copy:
-                        out.write(chunk)
-            cursor.execute(f"SELECT count(*) FROM {table}")  # noqa: S608
-            exact = int(cursor.fetchone()[0])
-            with open(partial, "rb") as written:
-                for block in iter(lambda: written.read(1 << 20), b""):
-                    digest.update(block)
-            size = partial.stat().st_size
-            os.replace(partial, path)
-            # 3. Detach (a catalog change) and drop or keep the table: no row is deleted.
+    if resume is None:
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {UsageEvent._meta.db_table} DETACH PARTITION {table}")
-            if keep_table:
-                cursor.execute(f"ALTER TABLE {table} RENAME TO {table}_archived")
-            else:
-                cursor.execute(f"DROP TABLE {table}")
-        archive = EventArchive.objects.create(
-            month=month, events=exact, path=str(path), sha256=digest.hexdigest(), bytes=size
-        )
-        audit.record(
-            actor=actor,
-            action="usage_events.archive",
-            target=archive,
-            reason=reason,
-            after={
-                "month": f"{month:%Y-%m}",
-                "events": exact,
-                "path": str(path),
-                "sha256": archive.sha256,
-                "table_kept": f"{table}_archived" if keep_table else "",
-            },
-        )
-    known_months_forget(months=[month])
+            cursor.execute(f"ALTER TABLE {table} RENAME TO {detached}")
+            cursor.execute(f"SELECT count(*) FROM {detached}")  # noqa: S608 - our names
+            events = int(cursor.fetchone()[0])
+            archive = EventArchive.objects.create(month=month, events=events)
+            audit.record(
+                actor=actor,
+                action="usage_events.archive",
+                target=archive,
+                reason=reason,
+                after={"month": f"{month:%Y-%m}", "events": events, "table": detached},
+            )
+        known_months_forget(months=[month])
+    else:
+        archive = resume
+    detach_seconds = time.perf_counter() - started
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with connection.cursor() as cursor:
+        with (
+            open(partial, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as out,
+        ):
+            pg = cursor.cursor  # psycopg's own cursor, for COPY
+            with pg.copy(f"COPY {detached} TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+                for chunk in copy:
+                    out.write(chunk)
+    digest = hashlib.sha256()
+    with open(partial, "rb") as written:
+        for block in iter(lambda: written.read(1 << 20), b""):
+            digest.update(block)
+    os.replace(partial, path)
+    archive.path, archive.sha256, archive.bytes = str(path), digest.hexdigest(), path.stat().st_size
+    archive.save(update_fields=["path", "sha256", "bytes"])
+    if not keep_table:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {detached}")
     seconds = time.perf_counter() - started
-    return ArchivePlan(month, exact, str(path), False, seconds, size, archive.sha256)
+    plan = ArchivePlan(month, archive.events, str(path), False, seconds, archive.bytes)
+    plan.sha256 = archive.sha256
+    plan.detach_seconds = detach_seconds
+    return plan
