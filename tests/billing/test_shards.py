@@ -183,3 +183,20 @@ def test_the_console_shows_a_fanned_out_runs_shards(
     first, second = run.shards.order_by("index")
     assert str(first.customer_from) in html and str(second.customer_to) in html
     assert html.count("succeeded") >= 3  # the run and its two shards
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_beat_scan_fans_out_when_shards_are_configured(
+    catalog: dict[str, Any], settings: Any
+) -> None:
+    import time_machine
+
+    from billing import tasks
+
+    catalog["subscription"].delete()
+    _subscriptions(catalog, 3, "b")
+    settings.NERUBA = {**settings.NERUBA, "NERUBA_BILLING_SHARDS": 2}
+    with time_machine.travel(AS_OF, tick=False):
+        run = BillingRun.objects.get(pk=tasks.billing_scan.delay().get())
+    assert run.shards.count() == 2 and run.status == "succeeded"
+    assert run.invoiced == Invoice.objects.count() == 6

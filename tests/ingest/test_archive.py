@@ -127,3 +127,26 @@ def test_archival_on_sqlite_is_refused_with_a_clear_error(
     settings.NERUBA = {**settings.NERUBA, "NERUBA_EVENT_ARCHIVE_AFTER": 90 * DAY}
     with pytest.raises(CommandError, match="partitioned event store"):
         _archive(tmp_path, "--apply")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_archive_whose_export_failed_resumes_from_the_detached_table(
+    january: list[int], tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the export directory should be")
+    with time_machine.travel(datetime(2029, 7, 1, tzinfo=UTC), tick=False):
+        with pytest.raises(FileExistsError):
+            call_command(
+                "archive_events", "--month", "2029-01", "--apply", "--output", str(blocked)
+            )
+        # Detached and recorded, not exported: the month already left the live store.
+        assert not _exists("ingest_usageevent_y2029m01")
+        assert _exists("ingest_usageevent_y2029m01_archived")
+        assert EventArchive.objects.get().path == ""
+        done = _archive(tmp_path, "--apply")
+    assert "archived 5 events" in done
+    assert not _exists("ingest_usageevent_y2029m01_archived")
+    assert EventArchive.objects.get().path.endswith("usage-events-2029-01.csv.gz")
+    assert AuditEntry.objects.filter(action="usage_events.archive").count() == 1
