@@ -13,8 +13,8 @@ class Migration(migrations.Migration):
     """Every role that sees billing runs sees their shards."""
 
     dependencies = [
-        ("operations", "0003_roles_export"),
-        ("billing", "0005_i18_billing_shards"),
+        ("operations", "0004_i12_roles_payment_findings"),
+        ("billing", "0007_i18_billing_shards"),
     ]
 
     operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0004_invoice_write_indexes"),
+        ("billing", "0006_i12_reverse_cash_credits"),
     ]
 
     operations = [
