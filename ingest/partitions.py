@@ -1,5 +1,5 @@
 """Monthly partitions of the usage events table on PostgreSQL (see EventKey and migration
-0007_i18): which months have one, creating them ahead (the sweep) and on demand (ingest), and
+0008_i18): which months have one, creating them ahead (the sweep) and on demand (ingest), and
 the months that were archived. On SQLite there is one plain table and every function here is a
 no-op."""
 
