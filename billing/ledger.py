@@ -7,6 +7,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
+from billing import messages
 from billing.models import CreditEntry, Invoice, ReasonCode
 from neruba import audit
 from neruba.errors import ValidationFailed
@@ -77,6 +78,7 @@ def credit_grant(
                     **(extra or {}),
                 },
             )
+            messages.credit_granted_published(entry=entry)
     except IntegrityError:
         # A concurrent grant for the same fact won the unique source_key.
         return CreditEntry.objects.get(source_key=source_key), False

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from billing import messages
 from billing.ledger import credit_grant
 from billing.models import CreditEntry, Dispute, Invoice, ReasonCode, Refund
 from neruba import audit
@@ -147,6 +148,8 @@ def invoice_payment_status_record(
                     **(details or {}),
                 },
             )
+        if allowed:
+            messages.invoice_status_published(invoice=locked)
     invoice.refresh_from_db()
     return result
 

@@ -140,3 +140,33 @@ class SupportNote(models.Model):
 
     def __str__(self) -> str:
         return f"Note by {self.author_id} on {self.content_type_id}:{self.object_id}"
+
+
+class OutboxMessage(models.Model):
+    """A fact some part of Neruba committed, as the message integrators will receive.
+
+    The kernel owns the row so billing (and any app below webhooks) can write it inside the
+    transaction of the fact without importing webhooks: the message commits or rolls back with
+    the fact. ``webhooks`` fans committed messages out to subscribed endpoints after commit and
+    its sweep picks up any whose fan-out never ran (a worker died, the broker was down).
+    ``body`` is the exact JSON that is signed and sent, so every retry and replay sends the same
+    bytes under the same ``msg_id``."""
+
+    msg_id = models.CharField(max_length=40, unique=True)
+    type = models.CharField(max_length=60, db_index=True)
+    body = models.TextField(help_text="The exact JSON body sent to endpoints.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="outbox_pending_fanout",
+                condition=models.Q(fanned_out_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.msg_id} ({self.type})"
