@@ -21,7 +21,7 @@ from neruba import outbox
 from neruba.models import AuditEntry, OutboxMessage
 from tests.billing.helpers import add_events
 from tests.factories import SubscriptionFactory
-from tests.webhooks.receivers import Receiver, Received
+from tests.webhooks.receivers import Received, Receiver
 from webhooks import outbound
 from webhooks.exceptions import EndpointUrlNotAllowed
 from webhooks.models import DeliveryAttempt, OutboundDelivery, WebhookEndpoint
