@@ -670,12 +670,26 @@ def deliveries_retry_due(*, now: datetime | None = None) -> dict[str, int]:
     pending ones whose task never ran."""
     now = now or timezone.now()
     fanned = messages_fan_out(older_than=now - FAN_OUT_STALE)
-    due = list(
+    # A claim this old belongs to a worker that died without its task coming back (SIGKILL of
+    # the whole worker: the broker keeps the message unacknowledged until its visibility
+    # timeout). Released to pending, so any worker can take it.
+    stale = list(
+        OutboundDelivery.objects.filter(
+            status=OutboundDelivery.Status.SENDING, claimed_at__lt=now - CLAIM_STALE
+        ).values_list("id", "endpoint_id")[:5000]
+    )
+    if stale:
+        OutboundDelivery.objects.filter(
+            pk__in=[d for d, _ in stale],
+            status=OutboundDelivery.Status.SENDING,
+            claimed_at__lt=now - CLAIM_STALE,
+        ).update(status=OutboundDelivery.Status.PENDING, claimed_by="", claimed_at=None)
+    due = stale + list(
         OutboundDelivery.objects.filter(
             Q(status=OutboundDelivery.Status.FAILED, next_attempt_at__lte=now)
             | Q(status=OutboundDelivery.Status.PENDING, next_attempt_at__lte=now - FAN_OUT_STALE)
-            | Q(status=OutboundDelivery.Status.SENDING, claimed_at__lt=now - CLAIM_STALE)
         )
+        .exclude(pk__in=[d for d, _ in stale])
         .order_by("next_attempt_at")
         .values_list("id", "endpoint_id")[:5000]
     )
