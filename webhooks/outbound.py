@@ -804,15 +804,15 @@ def smoke_send(*, timeout: float = 20.0) -> dict[str, Any]:
     """Publishes a ``neruba.smoke`` message, fans it out and delivers it right here (not via
     the worker, so the check says whether signing and the network path work even when the
     queue is backed up). Returns per-endpoint outcomes; no endpoint subscribed is reported."""
+    endpoints = list(WebhookEndpoint.objects.filter(enabled=True).values_list("id", "event_types"))
+    wanted = [pk for pk, types in endpoints if SMOKE_TYPE in (types or [])]
     with transaction.atomic():
         message = outbox.publish(
             type=SMOKE_TYPE, data={"check": "smoke", "at": timezone.now()}, force=True
         )
-    assert message is not None
-    endpoints = list(WebhookEndpoint.objects.filter(enabled=True).values_list("id", "event_types"))
-    wanted = [pk for pk, types in endpoints if SMOKE_TYPE in (types or [])]
-    with transaction.atomic():
-        # Deliveries are created here (not by the fan-out) so this call owns them.
+        assert message is not None
+        # Fanned out here, in the message's own transaction, so this call owns its deliveries
+        # (the after-commit fan-out finds nothing left to do).
         deliveries = [
             OutboundDelivery.objects.create(
                 message=message, endpoint_id=pk, next_attempt_at=timezone.now()
