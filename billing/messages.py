@@ -7,7 +7,6 @@ object. Billing never imports ``webhooks``: delivery is the outbox's subscriber'
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from billing.models import BillingRun, CreditEntry, DriftFinding, Invoice
@@ -46,57 +45,18 @@ def invoice_status_published(*, invoice: Invoice) -> None:
         outbox.publish(type=type, data=invoice_data(invoice))
 
 
-def invoices_finalized_published(
-    *, invoices: list[dict[str, Any]], customer_ids: list[int], customers: dict[int, str] | None
-) -> None:
-    """A billing batch's new invoices, built from the rows just written (no re-read): each
-    ``invoices`` item already has the API's fields except ``customer``."""
-    if not outbox.wanted("invoice.finalized"):
-        return
-    if customers is None:
-        from neruba.models import Customer
-
-        customers = dict(
-            Customer.objects.filter(pk__in=set(customer_ids)).values_list("id", "external_id")
-        )
-    for item, customer_id in zip(invoices, customer_ids, strict=True):
-        item["customer"] = customers.get(customer_id)
-    outbox.publish_many(type="invoice.finalized", items=invoices)
+def invoices_finalized_published(*, numbers: list[str]) -> None:
+    """A billing batch's new invoices: one outbox batch row of their numbers, rendered into
+    messages after commit by ``render_invoices_finalized``."""
+    outbox.publish_many(type="invoice.finalized", refs=numbers)
 
 
-def invoice_row_data(
-    *,
-    number: str,
-    status: str,
-    period_start: datetime,
-    period_end: datetime,
-    currency: str,
-    subtotal: int,
-    credits_applied: int,
-    total: int,
-    lines: list[Any],
-) -> dict[str, Any]:
-    return {
-        "number": number,
-        "customer": None,
-        "status": status,
-        "period_start": period_start,
-        "period_end": period_end,
-        "currency": currency,
-        "subtotal": subtotal,
-        "credits_applied": credits_applied,
-        "total": total,
-        "lines": [
-            {
-                "metric": line.metric_code or None,
-                "description": line.description,
-                "quantity": decimal_str(line.quantity),
-                "unit_amount": decimal_str(line.unit_amount),
-                "amount": line.amount,
-            }
-            for line in lines
-        ],
-    }
+def render_invoices_finalized(numbers: list[str]) -> dict[str, dict[str, Any]]:
+    """The API shape of each invoice, as finalized: the invoice is immutable but for its
+    payment status, which the message reports as the fact it is about."""
+    invoices = Invoice.objects.filter(number__in=numbers).select_related("customer")
+    invoices = invoices.prefetch_related("lines__metric")
+    return {inv.number: {**invoice_data(inv), "status": "finalized"} for inv in invoices}
 
 
 def credit_granted_published(*, entry: CreditEntry) -> None:
@@ -139,12 +99,19 @@ def finding_data(finding: DriftFinding) -> dict[str, Any]:
 
 
 def drift_findings_opened_published(*, finding_ids: list[int]) -> None:
-    if not finding_ids or not outbox.wanted("drift_finding.opened"):
-        return
-    findings = DriftFinding.objects.filter(pk__in=finding_ids).select_related(
+    outbox.publish_many(type="drift_finding.opened", refs=finding_ids)
+
+
+def render_drift_findings(ids: list[int]) -> dict[int, dict[str, Any]]:
+    findings = DriftFinding.objects.filter(pk__in=ids).select_related(
         "invoice", "metric", "window__subscription__customer"
     )
-    outbox.publish_many(type="drift_finding.opened", items=[finding_data(f) for f in findings])
+    return {f.pk: finding_data(f) for f in findings}
+
+
+def register() -> None:
+    outbox.renderer_register(type="invoice.finalized", render=render_invoices_finalized)
+    outbox.renderer_register(type="drift_finding.opened", render=render_drift_findings)
 
 
 def payment_finding_opened_published(*, finding: Any, data: dict[str, Any] | None = None) -> None:

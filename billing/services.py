@@ -661,25 +661,8 @@ def _invoices_write(
         through[cid] = max(through.get(cid, end), end)
     ingest_services.invoiced_watermarks_advance(through=through)
     _enqueue_syncs(sync_ids)
-    # invoice.finalized for integrators, in this transaction (see neruba.outbox).
-    messages.invoices_finalized_published(
-        invoices=[
-            messages.invoice_row_data(
-                number=row[0],
-                status=row[5],
-                period_start=row[7],
-                period_end=row[8],
-                currency=row[6],
-                subtotal=row[9],
-                credits_applied=row[10],
-                total=row[11],
-                lines=draft.lines,
-            )
-            for row, draft in zip(invoices, drafts, strict=True)
-        ],
-        customer_ids=[row[1] for row in invoices],
-        customers=None,
-    )
+    # invoice.finalized for integrators: one outbox row in this transaction (neruba.outbox).
+    messages.invoices_finalized_published(numbers=numbers)
     return [
         Issued(id=pk, number=row[0], total=row[11]) for pk, row in zip(ids, invoices, strict=True)
     ]

@@ -18,13 +18,13 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
-from neruba.models import OutboxMessage
+from neruba.models import OutboxBatch, OutboxMessage
 
 _subscribed: Callable[[str], bool] | None = None
 _after_commit: Callable[[], None] | None = None
@@ -42,7 +42,7 @@ def new_msg_id() -> str:
     return f"msg_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
 
 
-def _iso(value: dt.datetime) -> str:
+def iso(value: dt.datetime) -> str:
     # The API's own rendering (DRF): ISO 8601, UTC written as Z.
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
@@ -50,7 +50,7 @@ def _iso(value: dt.datetime) -> str:
 
 def _default(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return _iso(value)
+        return iso(value)
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, decimal.Decimal | uuid.UUID):
@@ -60,7 +60,7 @@ def _default(value: Any) -> Any:
 
 def body_render(*, msg_id: str, type: str, created: dt.datetime, data: dict[str, Any]) -> str:
     return json.dumps(
-        {"id": msg_id, "type": type, "created": _iso(created), "data": data},
+        {"id": msg_id, "type": type, "created": iso(created), "data": data},
         separators=(",", ":"),
         default=_default,
     )
@@ -102,30 +102,57 @@ def publish(*, type: str, data: dict[str, Any], force: bool = False) -> OutboxMe
     return message
 
 
-def publish_many(*, type: str, items: Iterable[dict[str, Any]]) -> int:
-    """Records one message per item of ``items`` (each the ``data`` of one message) in the
-    caller's transaction, for writes that produce many facts at once (a billing batch). On
-    PostgreSQL the rows go in with one COPY: building a model instance per message would cost
-    a measurable share of a billing pass."""
-    if not wanted(type):
+def publish_many(*, type: str, refs: list[Any]) -> int:
+    """Records many facts of one ``type`` (a billing batch's invoices) as one ``OutboxBatch``
+    row of references in the caller's transaction. The fan-out expands it (``batches_expand``)
+    with the renderer registered for ``type``."""
+    if not refs or not wanted(type):
         return 0
-    now = timezone.now()
-    rows = []
-    for data in items:
-        msg_id = new_msg_id()
-        rows.append((msg_id, type, body_render(msg_id=msg_id, type=type, created=now, data=data)))
-    if not rows:
-        return 0
-    if connection.vendor == "postgresql":
-        table = OutboxMessage._meta.db_table
-        with connection.cursor() as cursor:
-            copy_sql = f"COPY {table} (msg_id, type, body, created_at) FROM STDIN"
-            with cursor.cursor.copy(copy_sql) as copy:
-                for row in rows:
-                    copy.write_row((*row, now))
-    else:
-        OutboxMessage.objects.bulk_create(
-            [OutboxMessage(msg_id=m, type=t, body=b, created_at=now) for m, t, b in rows]
-        )
+    if type not in _renderers:
+        raise LookupError(f"no renderer registered for {type}")
+    OutboxBatch.objects.create(type=type, refs=json.dumps(refs), created_at=timezone.now())
     _schedule_kick()
-    return len(rows)
+    return len(refs)
+
+
+# type -> renderer(refs) -> {ref: data}: the publishing app's public shape of each fact.
+Renderer = Callable[[list[Any]], dict[Any, dict[str, Any]]]
+_renderers: dict[str, Renderer] = {}
+
+
+def renderer_register(*, type: str, render: Renderer) -> None:
+    _renderers[type] = render
+
+
+def batches_expand(*, limit: int = 20, older_than: dt.datetime | None = None) -> int:
+    """Turns pending batches (oldest first) into one message per reference, each rendered
+    from the committed rows, and marks them expanded, in one transaction (SKIP LOCKED on
+    PostgreSQL, so concurrent fan-outs split the batches). Returns the messages created."""
+    created = 0
+    with transaction.atomic():
+        pending = OutboxBatch.objects.filter(expanded_at__isnull=True).order_by("created_at")
+        if older_than is not None:
+            pending = pending.filter(created_at__lt=older_than)
+        if connection.vendor == "postgresql":
+            pending = pending.select_for_update(skip_locked=True)
+        now = timezone.now()
+        for batch in list(pending[:limit]):
+            refs = json.loads(batch.refs)
+            rendered = _renderers[batch.type](refs)
+            rows = []
+            for ref in refs:
+                if ref not in rendered:
+                    continue  # nothing to say about a fact that is gone
+                msg_id = new_msg_id()
+                body = body_render(
+                    msg_id=msg_id, type=batch.type, created=batch.created_at, data=rendered[ref]
+                )
+                rows.append(
+                    OutboxMessage(
+                        msg_id=msg_id, type=batch.type, body=body, created_at=batch.created_at
+                    )
+                )
+            OutboxMessage.objects.bulk_create(rows, batch_size=1000)
+            OutboxBatch.objects.filter(pk=batch.pk).update(expanded_at=now)
+            created += len(rows)
+    return created

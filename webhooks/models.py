@@ -122,7 +122,7 @@ class OutboundMessage(OutboxMessage):
 
     class Meta:
         proxy = True
-        ordering = ["-created_at", "-id"]
+        ordering = ["-id"]
         verbose_name = "outbound message"
 
 

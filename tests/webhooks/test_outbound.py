@@ -18,7 +18,7 @@ from billing import messages, services
 from billing.models import BillingRun, DriftFinding, Invoice
 from billing.payments import invoice_payment_status_record
 from neruba import outbox
-from neruba.models import AuditEntry, OutboxMessage
+from neruba.models import AuditEntry, OutboxBatch, OutboxMessage
 from tests.billing.helpers import add_events
 from tests.factories import SubscriptionFactory
 from tests.webhooks.receivers import Received, Receiver
@@ -146,9 +146,10 @@ def test_a_rolled_back_invoice_transaction_sends_nothing(catalog: dict[str, Any]
 
         with pytest.raises(Boom), transaction.atomic():
             services.window_bill(window=row)
-            assert OutboxMessage.objects.filter(type="invoice.finalized").count() == 1
+            # The fact's message, as one outbox batch row, in the invoice's transaction.
+            assert OutboxBatch.objects.filter(type="invoice.finalized").count() == 1
             raise Boom
-        assert OutboxMessage.objects.count() == 0
+        assert OutboxBatch.objects.count() == 0 and OutboxMessage.objects.count() == 0
         assert outbound.deliveries_retry_due(now=datetime.now(UTC) + timedelta(hours=1)) == {
             "fanned_out": 0,
             "due": 0,
@@ -167,7 +168,8 @@ def test_without_a_subscribed_endpoint_billing_writes_no_outbox_rows(
     with Receiver() as receiver:
         _endpoint(receiver, types=["credit.granted"])
         _bill(catalog)
-    assert OutboxMessage.objects.count() == 0 and receiver.requests == []
+    assert OutboxBatch.objects.count() == 0 and OutboxMessage.objects.count() == 0
+    assert receiver.requests == []
 
 
 def test_500_twice_then_200_is_delivered_on_the_third_attempt_under_one_webhook_id(
@@ -431,16 +433,20 @@ def test_a_replay_keeps_the_message_id_and_is_audited(catalog: dict[str, Any]) -
 
 def test_a_lost_fan_out_kick_is_recovered_by_the_due_task(catalog: dict[str, Any]) -> None:
     with Receiver() as receiver:
-        _endpoint(receiver, types=["credit.granted"])
+        _endpoint(receiver, types=["credit.granted", "invoice.finalized"])
         # The after-commit kick never ran (the process died right after commit).
         with transaction.atomic():
             outbox.publish(type="credit.granted", data={"id": 1})
+            invoice = _bill(catalog)
             transaction.get_connection().run_on_commit.clear()
         assert OutboundDelivery.objects.count() == 0
         assert _retry_due(datetime.now(UTC) + timedelta(seconds=5))["fanned_out"] == 0  # fresh
-        assert _retry_due(datetime.now(UTC) + timedelta(minutes=1))["fanned_out"] == 1
-        receiver.wait_for(1)
-    assert OutboundDelivery.objects.get().status == "delivered"
+        assert _retry_due(datetime.now(UTC) + timedelta(minutes=1))["fanned_out"] == 2
+        receiver.wait_for(2)
+    assert set(OutboundDelivery.objects.values_list("status", flat=True)) == {"delivered"}
+    assert OutboxBatch.objects.get().expanded_at is not None
+    finalized = next(r.json() for r in receiver.requests if r.json()["type"] == "invoice.finalized")
+    assert finalized["data"]["number"] == invoice.number
 
 
 def test_endpoint_urls_must_be_http_and_types_known() -> None:
