@@ -106,6 +106,22 @@ _rotate_action = guarded_action(
 )
 
 
+def rotate_secrets(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Any) -> Any:
+    """The guarded rotation, then the new secrets shown once as messages on the next page."""
+    _rotation.secrets = []
+    try:
+        response = _rotate_action(modeladmin, request, queryset)
+        for url, secret in _rotation.secrets:
+            messages.warning(request, f"New signing secret for {url} (shown once): {secret}")
+    finally:
+        _rotation.secrets = []
+    return response
+
+
+rotate_secrets.guarded_permission = ROTATE_PERMISSION  # type: ignore[attr-defined]
+rotate_secrets.short_description = "Rotate signing secret"  # type: ignore[attr-defined]
+
+
 def _chart(hours: list[str], series: dict[str, list[int]], *, title: str) -> str:
     """A small stacked bar chart (server-rendered SVG, like the console home's)."""
     colours = {"delivered": "#2e7d32", "failed": "#ef6c00", "dead": "#6a1b9a"}
@@ -178,7 +194,7 @@ class WebhookEndpointAdmin(GuardedAdminMixin, admin.ModelAdmin):
         "recent_deliveries",
     ]
     actions = [
-        "rotate_secrets",
+        rotate_secrets,
         guarded_action(
             name="replay_dead",
             label="Replay dead deliveries",
@@ -192,19 +208,6 @@ class WebhookEndpointAdmin(GuardedAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return False  # deliveries reference it; disable instead
-
-    @admin.action(description="Rotate signing secret")
-    def rotate_secrets(self, request: HttpRequest, queryset: Any) -> Any:
-        _rotation.secrets = []
-        try:
-            response = _rotate_action(self, request, queryset)
-            for url, secret in _rotation.secrets:
-                messages.warning(request, f"New signing secret for {url} (shown once): {secret}")
-        finally:
-            _rotation.secrets = []
-        return response
-
-    rotate_secrets.guarded_permission = ROTATE_PERMISSION  # type: ignore[attr-defined]
 
     def get_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
         if obj is None:
