@@ -71,6 +71,7 @@ def _deliveries_table(deliveries: list[OutboundDelivery], *, show: str) -> SafeS
 
 
 class EndpointForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https")
     event_types = forms.MultipleChoiceField(
         choices=[(t, t) for t in outbound.EVENT_TYPES], widget=forms.CheckboxSelectMultiple
     )
@@ -396,7 +397,7 @@ class DeliveryInline(admin.TabularInline):
         if not attempts:
             return "—"
         return format_html_join(
-            format_html("<br>"),
+            mark_safe("<br>"),
             "{} {} {} {} ms {}",
             (
                 (
