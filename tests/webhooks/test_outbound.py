@@ -459,3 +459,25 @@ def test_endpoint_urls_must_be_http_and_types_known() -> None:
             url="http://127.0.0.1:9/", event_types=["invoice.nope"], actor=None
         )
     assert settings.NERUBA["NERUBA_OUTBOUND_ALLOW_PRIVATE"] is True  # test default: loopback ok
+
+
+def test_signing_secrets_never_reach_the_logs(
+    catalog: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    with Receiver(behave=lambda r, i: (410, {}, b"gone")) as receiver:
+        endpoint, secret = _endpoint(receiver, types=["credit.granted"])
+        new = outbound.endpoint_rotate_secret(endpoint=endpoint, actor=None)
+        services.credit_issue(
+            customer=catalog["customer"],
+            amount=100,
+            reason_code="goodwill",
+            actor=None,
+            reason="r",
+        )
+        receiver.wait_for(1)
+    assert "disabled" in caplog.text  # the endpoint's disabling was logged...
+    assert secret not in caplog.text and new not in caplog.text  # ...without a secret
+    assert secret[6:] not in caplog.text
