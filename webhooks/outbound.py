@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
@@ -561,8 +561,16 @@ def deliveries_send(
             sent = Sent(error=f"endpoint disabled: {endpoint.disabled_reason or 'by an operator'}")
             outcome, retryable = "dead", False
         elif endpoint.pk in unreachable:
-            sent = Sent(error=f"not tried: {unreachable[endpoint.pk]} earlier in this batch")
-            outcome, retryable = "failed", True
+            # Not an attempt: rescheduled with the one that failed, its count unchanged.
+            delivery.status = OutboundDelivery.Status.FAILED
+            delivery.last_error = f"not tried: {unreachable[endpoint.pk]} earlier in its batch"
+            delivery.claimed_by, delivery.claimed_at = "", None
+            delivery.next_attempt_at = timezone.now() + timedelta(
+                seconds=_backoff(max(delivery.attempts, 1), None)
+            )
+            counts.failed += 1
+            counts.ids.append(delivery.pk)
+            continue
         else:
             sent = request_send(
                 endpoint=endpoint, msg_id=delivery.message.msg_id, body=delivery.message.body
@@ -623,12 +631,19 @@ def deliveries_send(
         # CASE per row and field, which cost more than the HTTP requests themselves.
         groups: dict[tuple[Any, ...], list[int]] = {}
         for d in claimed:
-            key = (d.status, d.last_status_code, d.last_error, d.next_attempt_at, d.delivered_at)
+            key = (
+                d.status,
+                d.attempts,
+                d.last_status_code,
+                d.last_error,
+                d.next_attempt_at,
+                d.delivered_at,
+            )
             groups.setdefault(key, []).append(d.pk)
-        for (status, code, error, next_at, delivered_at), pks in groups.items():
+        for (status, attempts_, code, error, next_at, delivered_at), pks in groups.items():
             OutboundDelivery.objects.filter(pk__in=pks, claimed_by=claimer).update(
                 status=status,
-                attempts=F("attempts") + 1,
+                attempts=attempts_,
                 last_status_code=code,
                 last_error=error,
                 next_attempt_at=next_at,

@@ -481,3 +481,25 @@ def test_signing_secrets_never_reach_the_logs(
     assert "disabled" in caplog.text  # the endpoint's disabling was logged...
     assert secret not in caplog.text and new not in caplog.text  # ...without a secret
     assert secret[6:] not in caplog.text
+
+
+def test_after_a_timeout_the_rest_of_the_batch_waits_without_losing_attempts(
+    catalog: dict[str, Any], settings: Any
+) -> None:
+    settings.NERUBA = {**settings.NERUBA, "NERUBA_OUTBOUND_READ_TIMEOUT": 1}
+
+    def hang(received: Received, index: int) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(2)
+        return 200, {}, b"late"
+
+    with Receiver(behave=hang) as receiver:
+        endpoint, _ = _endpoint(receiver, types=["credit.granted"])
+        with transaction.atomic():
+            for n in range(3):
+                outbox.publish(type="credit.granted", data={"n": n})
+        time.sleep(0.5)
+        assert len(receiver.requests) == 1  # one timeout, not three
+    states = list(OutboundDelivery.objects.order_by("id").values_list("status", "attempts"))
+    assert sorted(states) == [("failed", 0), ("failed", 0), ("failed", 1)]
+    assert DeliveryAttempt.objects.count() == 1
+    assert endpoint.pk

@@ -21,12 +21,21 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def _roles() -> None:
-    # A transactional test database is flushed between tests, groups included.
-    from django.apps import apps
+    # A transactional test database is flushed between tests, groups included: made again
+    # from the same declaration (as the browser tests do).
+    from django.contrib.auth.models import Group, Permission
 
-    from operations.roles import sync_roles
+    from operations.roles import ROLES
 
-    sync_roles(apps)
+    for name, role in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        perms = []
+        for dotted in role["permissions"]:
+            app_label, codename = dotted.split(".", 1)
+            perms.append(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        group.permissions.set(perms)
 
 
 def logged_in(role: str) -> Client:
