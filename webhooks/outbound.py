@@ -340,7 +340,9 @@ def messages_fan_out(*, limit: int = FAN_OUT_BATCH, older_than: datetime | None 
     endpoints subscribed to their type. Rows are taken with SKIP LOCKED on PostgreSQL, so two
     fan-outs at once split the work instead of doubling it (the unique (message, endpoint)
     constraint would refuse a double anyway)."""
-    outbox.batches_expand(older_than=older_than)
+    # A couple of batches per call (each up to a billing batch of invoices) keeps this
+    # transaction short; more are left to the next call.
+    expanded = outbox.batches_expand(limit=2, older_than=older_than)
     with transaction.atomic():
         pending = OutboxMessage.objects.filter(fanned_out_at__isnull=True).order_by("created_at")
         if older_than is not None:
@@ -363,8 +365,10 @@ def messages_fan_out(*, limit: int = FAN_OUT_BATCH, older_than: datetime | None 
         created = OutboundDelivery.objects.bulk_create(deliveries, ignore_conflicts=False)
         OutboxMessage.objects.filter(pk__in=[r[0] for r in rows]).update(fanned_out_at=now)
         _enqueue([d.pk for d in created], {d.pk: d.endpoint_id for d in created})
-    if len(rows) == limit:
-        transaction.on_commit(fan_out_kick)
+    if len(rows) == limit or expanded:
+        # More may be waiting; a call that made no progress does not kick, so a message that
+        # cannot be rendered never loops (the beat's due task tries again).
+        fan_out_kick()
     return len(rows)
 
 
