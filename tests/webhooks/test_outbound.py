@@ -503,3 +503,35 @@ def test_after_a_timeout_the_rest_of_the_batch_waits_without_losing_attempts(
     assert sorted(states) == [("failed", 0), ("failed", 0), ("failed", 1)]
     assert DeliveryAttempt.objects.count() == 1
     assert endpoint.pk
+
+
+def test_the_readme_verify_snippet_verifies_a_real_delivery(catalog: dict[str, Any]) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(settings.BASE_DIR) / "README.md").read_text()
+    section = readme.split("## Outbound webhooks", 1)[1].split("\n## ", 1)[0]
+    snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert snippet, "the README's Outbound webhooks section has no Python snippet"
+    with Receiver() as receiver:
+        _, secret = _endpoint(receiver, types=["credit.granted"])
+        services.credit_issue(
+            customer=catalog["customer"],
+            amount=100,
+            reason_code="goodwill",
+            actor=None,
+            reason="r",
+        )
+        receiver.wait_for(1)
+    seen: list[str] = []
+    handled: list[str] = []
+    namespace: dict[str, Any] = {
+        "already_seen": lambda msg_id: msg_id in seen or bool(seen.append(msg_id)),
+        "handle": lambda type, data: handled.append(type),
+    }
+    exec(snippet.group(1).replace("whsec_…", secret), namespace)
+    request = receiver.requests[0]
+    assert namespace["receive"](request.body, request.headers) == 200
+    assert namespace["receive"](request.body, request.headers) == 200  # a retry: deduplicated
+    assert handled == ["credit.granted"]
+    assert namespace["receive"](request.body.replace(b"100", b"999"), request.headers) == 400
