@@ -18,7 +18,12 @@ from django.utils import timezone
 from django.utils.html import escape, format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
-from neruba.admin_actions import GuardedAdminMixin, ReadOnlyAdminMixin, guarded_action
+from neruba.admin_actions import (
+    CappedCountPaginator,
+    GuardedAdminMixin,
+    ReadOnlyAdminMixin,
+    guarded_action,
+)
 from neruba.admin_site import console
 from neruba.errors import NerubaError
 from webhooks import outbound, selectors
@@ -414,6 +419,8 @@ class DeliveryInline(admin.TabularInline):
 
 @admin.register(OutboundMessage, site=console)
 class OutboundMessageAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    # These tables grow without bound: never a full COUNT(*).
+    paginator = CappedCountPaginator
     list_display = ["created_at", "msg_id", "type", "fanned_out_at"]
     list_filter = ["type", "created_at"]
     search_fields = ["=msg_id"]
@@ -457,6 +464,8 @@ def _replay_delivery(delivery: OutboundDelivery, actor: Any, reason: str) -> str
 
 @admin.register(OutboundDelivery, site=console)
 class OutboundDeliveryAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    # These tables grow without bound: never a full COUNT(*).
+    paginator = CappedCountPaginator
     list_display = [
         "created_at",
         "message",
@@ -490,6 +499,8 @@ class OutboundDeliveryAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAd
 
 @admin.register(DeliveryAttempt, site=console)
 class DeliveryAttemptAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # These tables grow without bound: never a full COUNT(*).
+    paginator = CappedCountPaginator
     list_display = [
         "started_at",
         "delivery",
