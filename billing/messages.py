@@ -52,11 +52,24 @@ def invoices_finalized_published(*, numbers: list[str]) -> None:
 
 
 def render_invoices_finalized(numbers: list[str]) -> dict[str, dict[str, Any]]:
-    """The API shape of each invoice, as finalized: the invoice is immutable but for its
-    payment status, which the message reports as the fact it is about."""
+    """The API shape of each invoice as it was finalized. Rendered after commit: by then a
+    payment may have arrived, so the fields a payment changes are given their value at
+    finalization (the invoice is otherwise immutable), and later facts have messages of their
+    own (``invoice.paid`` …)."""
     invoices = Invoice.objects.filter(number__in=numbers).select_related("customer")
     invoices = invoices.prefetch_related("lines__metric")
-    return {inv.number: {**invoice_data(inv), "status": "finalized"} for inv in invoices}
+    rendered = {}
+    for inv in invoices:
+        data = invoice_data(inv)
+        data["status"] = Invoice.Status.FINALIZED.value
+        for cash in _CASH_FIELDS & data.keys():
+            data[cash] = 0
+        rendered[inv.number] = data
+    return rendered
+
+
+# What payments, refunds and disputes change on an invoice (zero when it is finalized).
+_CASH_FIELDS = {"amount_paid", "amount_refunded", "amount_disputed", "amount_collected"}
 
 
 def credit_granted_published(*, entry: CreditEntry) -> None:
@@ -114,9 +127,29 @@ def register() -> None:
     outbox.renderer_register(type="drift_finding.opened", render=render_drift_findings)
 
 
+def over_return_data(finding: Any) -> dict[str, Any]:
+    """A ``PaymentFinding`` (a charge that returned more than it collected)."""
+    return {
+        "id": finding.pk,
+        "kind": "over_returned",
+        "status": finding.status,
+        "customer": finding.customer.external_id if finding.customer_id else None,
+        "invoice": finding.invoice.number if finding.invoice_id else None,
+        "charge": finding.charge.charge_id,
+        "currency": finding.currency,
+        "collected": finding.collected,
+        "refunded": finding.refunded,
+        "disputed": finding.disputed,
+        "returned": finding.returned,
+        "detail": finding.detail,
+        "created_at": finding.created_at,
+    }
+
+
 def payment_finding_opened_published(*, finding: Any, data: dict[str, Any] | None = None) -> None:
-    """The hook for payment findings: call it in the transaction that creates one. ``data``
-    overrides the shape (a dedicated PaymentFinding model passes its own API shape)."""
+    """In the transaction that opens a payment finding: a charge that returned more than it
+    collected (``PaymentFinding``, with ``data=over_return_data(finding)``) or a provider
+    mismatch found by reconciliation (a ``DriftFinding`` of kind ``payment``)."""
     if not outbox.wanted("payment_finding.opened"):
         return
     outbox.publish(type="payment_finding.opened", data=data or finding_data(finding))

@@ -63,6 +63,7 @@ def test_every_billing_fact_reaches_a_receiver_that_verifies_it_with_standardweb
     with Receiver() as receiver:
         _endpoint(receiver)
         invoice = _bill(catalog)
+        at_finalization = api("read").get(f"/api/v1/invoices/{invoice.number}").json()
         services.invoice_mark_paid(invoice=invoice, actor=None, reason="paid by wire")
         services.credit_issue(
             customer=catalog["customer"],
@@ -120,8 +121,7 @@ def test_every_billing_fact_reaches_a_receiver_that_verifies_it_with_standardweb
         for r in receiver.requests
         if r.json()["type"] == "invoice.finalized" and r.json()["data"]["number"] == invoice.number
     )
-    shown = api("read").get(f"/api/v1/invoices/{invoice.number}").json()
-    assert finalized == {**shown, "status": "finalized"}
+    assert finalized == at_finalization
     paid = next(r.json()["data"] for r in receiver.requests if r.json()["type"] == "invoice.paid")
     assert paid == api("read").get(f"/api/v1/invoices/{invoice.number}").json()
     assert OutboundDelivery.objects.exclude(status="delivered").count() == 0
@@ -535,3 +535,26 @@ def test_the_readme_verify_snippet_verifies_a_real_delivery(catalog: dict[str, A
     assert namespace["receive"](request.body, request.headers) == 200  # a retry: deduplicated
     assert handled == ["credit.granted"]
     assert namespace["receive"](request.body.replace(b"100", b"999"), request.headers) == 400
+
+
+def test_a_charge_returning_more_than_it_collected_is_a_payment_finding_message(
+    deliver: Any,
+) -> None:
+    from billing.models import PaymentFinding
+    from tests.webhooks.helpers import delivery
+    from tests.webhooks.test_money_story import NOW, _paid_invoice, _refund_then_lost_dispute
+
+    with Receiver() as receiver:
+        _endpoint(receiver, types=["payment_finding.opened", "invoice.paid"])
+        invoice, charge_id = _paid_invoice(deliver, "outbound")
+        for obj, type, offset in _refund_then_lost_dispute(invoice, charge_id):
+            deliver(*delivery(obj, type=type, created=NOW + offset))
+        receiver.wait_for(2)
+    finding = PaymentFinding.objects.get()
+    message = next(
+        r.json() for r in receiver.requests if r.json()["type"] == "payment_finding.opened"
+    )
+    assert message["data"]["id"] == finding.pk and message["data"]["kind"] == "over_returned"
+    assert message["data"]["charge"] == charge_id
+    assert message["data"]["returned"] > message["data"]["collected"]
+    assert all(r.verified for r in receiver.requests)

@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
     """Everyone sees outbound webhooks; Operations manages endpoints and replays deliveries."""
 
     dependencies = [
-        ("operations", "0003_roles_export"),
+        ("operations", "0004_i12_roles_payment_findings"),
         ("webhooks", "0003_i15_outbound_webhooks"),
     ]
 
