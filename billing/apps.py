@@ -12,3 +12,10 @@ class BillingConfig(AppConfig):
 
         # Renders the messages of facts billing publishes in batches (see neruba.outbox).
         messages.register()
+
+        # Ingest cannot import billing (the dependency runs the other way), yet a Lago event
+        # names a subscription: billing hands ingest the lookup.
+        from billing.selectors import subscription_customer_refs
+        from ingest.services import customer_ref_resolver_register
+
+        customer_ref_resolver_register(resolver=subscription_customer_refs)
