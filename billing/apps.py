@@ -8,6 +8,11 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from billing import messages
+
+        # Renders the messages of facts billing publishes in batches (see neruba.outbox).
+        messages.register()
+
         # Ingest cannot import billing (the dependency runs the other way), yet a Lago event
         # names a subscription: billing hands ingest the lookup.
         from billing.selectors import subscription_customer_refs

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing import messages
 from billing.exceptions import FindingNotOpen, ResolutionInvalid
 from billing.models import BillingWindow, DriftFinding, Invoice, InvoiceLine, Price
 from billing.pricing import amount_round, decimal_str, price_amount
@@ -213,6 +214,7 @@ def _record(
     if dry_run:
         return
     DriftFinding.objects.bulk_create(new)
+    messages.drift_findings_opened_published(finding_ids=[f.pk for f in new])
     if stale:
         DriftFinding.objects.filter(pk__in=stale).update(
             status=DriftFinding.Status.RESOLVED,

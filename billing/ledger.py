@@ -7,6 +7,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
+from billing import messages
 from billing.exceptions import CreditCurrencyMismatch
 from billing.models import GRANTABLE, CreditEntry, Invoice
 from neruba import audit
@@ -91,6 +92,7 @@ def credit_grant(
                     **(extra or {}),
                 },
             )
+            messages.credit_granted_published(entry=entry)
     except IntegrityError:
         # A concurrent grant for the same fact won the unique source_key.
         return CreditEntry.objects.get(source_key=source_key), False

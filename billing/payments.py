@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Max, Sum
 from django.utils import timezone
 
+from billing import messages
 from billing.models import Dispute, Invoice, PaymentCharge, PaymentFinding, Refund
 from neruba import audit
 from neruba.errors import ValidationFailed
@@ -168,6 +169,8 @@ def invoice_payment_status_record(
             settled = invoice_charges_settle(invoice=locked, source=source)
             result.notes += settled.notes
             result.changed = result.changed or settled.changed
+        if allowed:
+            messages.invoice_status_published(invoice=locked)
     invoice.refresh_from_db()
     return result
 
@@ -416,6 +419,9 @@ def _charge_settle(
             customer=charge.customer,
             reason=source,
             after={k: values[k] for k in (*numbers, "returned", "detail")},
+        )
+        messages.payment_finding_opened_published(
+            finding=finding, data=messages.over_return_data(finding)
         )
     elif open_finding is not None:
         why = (

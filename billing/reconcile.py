@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
+from billing import messages
 from billing.models import DriftFinding, Invoice
 from billing.payments import invoice_payment_status_record
 from billing.providers import PaymentProvider, StripeProvider, provider_get
@@ -94,7 +95,7 @@ def _finding_upsert(
         window_id=invoice.window_id, kind=PAYMENT, status=DriftFinding.Status.OPEN
     ).first()
     if existing is None:
-        DriftFinding.objects.create(
+        finding = DriftFinding.objects.create(
             kind=PAYMENT,
             window_id=invoice.window_id,
             invoice=invoice,
@@ -104,6 +105,7 @@ def _finding_upsert(
             actual_quantity=0,
             delta_amount=0,
         )
+        messages.payment_finding_opened_published(finding=finding)
         counts["findings"] += 1
     elif existing.detail != detail or existing.invoice_id != invoice.pk:
         DriftFinding.objects.filter(pk=existing.pk).update(detail=detail, invoice=invoice)

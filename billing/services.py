@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
+from billing import messages
 from billing.exceptions import (
     CurrencyMismatch,
     InvoiceStateInvalid,
@@ -715,6 +716,8 @@ def _invoices_write(
         through[cid] = max(through.get(cid, end), end)
     ingest_services.invoiced_watermarks_advance(through=through)
     _enqueue_syncs(sync_ids)
+    # invoice.finalized for integrators: one outbox row in this transaction (neruba.outbox).
+    messages.invoices_finalized_published(numbers=numbers)
     return [
         Issued(id=pk, number=row[0], total=row[11]) for pk, row in zip(ids, invoices, strict=True)
     ]
@@ -904,7 +907,9 @@ def billing_scan(
             else:
                 run.status = BillingRun.Status.PARTIAL if run.invoiced else BillingRun.Status.FAILED
         run.finished_at = timezone.now()
-        run.save(update_fields=[*_COUNT_FIELDS, "status", "finished_at"])
+        with transaction.atomic():
+            run.save(update_fields=[*_COUNT_FIELDS, "status", "finished_at"])
+            messages.billing_run_failed_published(run=run)
         if lease is not None:
             lock_release(lease=lease)
         BILLING_RUNS.labels(status=run.status).inc()
@@ -1163,6 +1168,7 @@ def _invoice_void(*, invoice: Invoice) -> None:
         )
     sync, _ = ProviderSync.objects.get_or_create(invoice=invoice, action=ProviderSync.Action.VOID)
     _enqueue_syncs([sync.pk])
+    messages.invoice_status_published(invoice=invoice)
 
 
 # --- local provider: mark paid; credits --------------------------------------------------------
@@ -1197,6 +1203,7 @@ def invoice_mark_paid(*, invoice: Invoice, actor: audit.Actor, reason: str) -> I
             before={"status": before},
             after={"status": row.status, "paid_at": now, "amount_paid": row.amount_paid},
         )
+        messages.invoice_status_published(invoice=row)
     return row
 
 

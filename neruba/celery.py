@@ -38,6 +38,8 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
         },
         # Failed Stripe events whose backoff elapsed, and claims whose worker died.
         "webhooks-retry-due": {"task": "webhooks.retry_due", "schedule": 60.0},
+        # Outbound deliveries whose backoff elapsed, claims of dead workers, lost fan-outs.
+        "webhooks-outbound-retry-due": {"task": "webhooks.outbound_retry_due", "schedule": 10.0},
         # Recovery and consistency sweeps (operations.sweeps), one entry each so a slow one
         # never delays another; each records a SweepRun and skips itself while already running.
         **{

@@ -336,6 +336,44 @@ VARIABLES: tuple[Var, ...] = (
         "Processing attempts before a Stripe event is dead.",
     ),
     Var("STRIPE_WEBHOOK_MAX_BYTES", "int", "1048576", "Largest webhook body accepted."),
+    Var(
+        "NERUBA_OUTBOUND_MAX_ATTEMPTS",
+        "int",
+        "8",
+        "Delivery attempts of an outbound webhook before it is dead.",
+    ),
+    Var(
+        "NERUBA_OUTBOUND_DISABLE_AFTER",
+        "duration",
+        "5d",
+        "An endpoint failing continuously this long is disabled (with the reason).",
+    ),
+    Var(
+        "NERUBA_OUTBOUND_ROTATION_GRACE",
+        "duration",
+        "24h",
+        "After a secret rotation the old secret also signs for this long.",
+    ),
+    Var(
+        "NERUBA_OUTBOUND_ALLOW_PRIVATE",
+        "bool",
+        "true",
+        "Allow endpoints on loopback, private, link-local or metadata addresses (and http:// "
+        "in production). Off in production.",
+        production_default="false",
+    ),
+    Var(
+        "NERUBA_OUTBOUND_CONNECT_TIMEOUT",
+        "duration",
+        "3s",
+        "Connect timeout of an outbound webhook request.",
+    ),
+    Var(
+        "NERUBA_OUTBOUND_READ_TIMEOUT",
+        "duration",
+        "10s",
+        "Read timeout of an outbound webhook request.",
+    ),
 )
 
 BY_NAME = {var.name: var for var in VARIABLES}

@@ -54,6 +54,11 @@ LOCK_ACQUISITIONS = Counter(
 )
 SWEEP_FINDINGS = Counter("neruba_sweep_findings_total", "Sweep findings by sweep.", ["sweep"])
 REPLAYS = Counter("neruba_replays_total", "Replays by kind and outcome.", ["kind", "outcome"])
+OUTBOUND_DELIVERIES = Counter(
+    "neruba_outbound_deliveries_total",
+    "Outbound webhook delivery attempts by outcome (delivered, failed = retried later, dead).",
+    ["outcome"],
+)
 
 
 def worker_metrics_serve(*, port: int) -> None:

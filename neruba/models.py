@@ -140,3 +140,64 @@ class SupportNote(models.Model):
 
     def __str__(self) -> str:
         return f"Note by {self.author_id} on {self.content_type_id}:{self.object_id}"
+
+
+class OutboxMessage(models.Model):
+    """A fact some part of Neruba committed, as the message integrators will receive.
+
+    The kernel owns the row so billing (and any app below webhooks) can write it inside the
+    transaction of the fact without importing webhooks: the message commits or rolls back with
+    the fact. ``webhooks`` fans committed messages out to subscribed endpoints after commit and
+    its sweep picks up any whose fan-out never ran (a worker died, the broker was down).
+    ``body`` is the exact JSON that is signed and sent, so every retry and replay sends the same
+    bytes under the same ``msg_id``."""
+
+    msg_id = models.CharField(max_length=40, unique=True)
+    type = models.CharField(max_length=60)
+    body = models.TextField(help_text="The exact JSON body sent to endpoints.")
+    created_at = models.DateTimeField(default=timezone.now)
+    fanned_out_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        # Ids grow with time, so the newest-first console list walks the primary key. Every
+        # index here is paid by each billing batch (one row per invoice): only the ones a read
+        # needs (by message id; a type since a time; the sweep's not-yet-fanned-out rows).
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["type", "created_at"], name="outbox_type_created"),
+            models.Index(
+                fields=["created_at"],
+                name="outbox_pending_fanout",
+                condition=models.Q(fanned_out_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.msg_id} ({self.type})"
+
+
+class OutboxBatch(models.Model):
+    """Many facts of one type committed together (a billing batch's invoices), as one row of
+    references written in their transaction. A billing batch pays one small INSERT for its
+    messages instead of rendering and storing a body per invoice while it holds its locks; the
+    fan-out expands the row into one ``OutboxMessage`` per reference (rendered by the renderer
+    the publishing app registered, from the committed rows) and marks it expanded, in one
+    transaction, so it expands exactly once."""
+
+    type = models.CharField(max_length=60)
+    refs = models.TextField(help_text="JSON list of the facts' references (e.g. invoice numbers).")
+    created_at = models.DateTimeField(default=timezone.now)
+    expanded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="outbox_batch_pending",
+                condition=models.Q(expanded_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} batch {self.pk}"

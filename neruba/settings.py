@@ -273,7 +273,8 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": CONFIG["LOG_LEVEL"]},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx logs every outbound webhook request at INFO; our attempts table is the record.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }
 
 # --- Neruba ---------------------------------------------------------------------------------

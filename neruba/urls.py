@@ -17,6 +17,7 @@ api_v1 = [
     path("", include("neruba.api_urls")),
     path("", include("ingest.urls")),
     path("", include("billing.urls")),
+    path("", include("webhooks.api_urls")),
     # Last: any other /api/v1/ path answers the JSON error envelope, DEBUG or not.
     re_path(r"^.*$", api_not_found),
 ]

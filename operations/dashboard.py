@@ -21,6 +21,7 @@ from operations.health import readiness
 from operations.runbooks import runbook_list
 from operations.sweeps import sweep_summary, sweeps_latest
 from webhooks.models import StripeEvent
+from webhooks.selectors import outbound_backlog
 
 INGEST_OUTCOMES = ("accepted", "duplicate", "conflict", "failed", "replay")
 WEBHOOK_OUTCOMES = ("processed", "ignored", "failed", "dead", "received")
@@ -85,6 +86,30 @@ def _backlog(user: Any) -> list[dict[str, Any]]:
                     ),
                 }
             )
+    if user.has_perm("webhooks.view_outbounddelivery"):
+        outbound = outbound_backlog(now=timezone.now())
+        waiting = sum(outbound["counts"][s] for s in ("pending", "sending", "failed"))
+        age = int(outbound["oldest_pending_age"])
+        items.append(
+            {
+                "label": f"Outbound webhooks waiting (oldest {age}s)"
+                if waiting
+                else "Outbound webhooks waiting",
+                "count": waiting,
+                "url": _admin_url(
+                    "webhooks_outbounddelivery_changelist", query="?status__exact=failed"
+                ),
+            }
+        )
+        items.append(
+            {
+                "label": "Dead outbound webhooks",
+                "count": outbound["counts"]["dead"],
+                "url": _admin_url(
+                    "webhooks_outbounddelivery_changelist", query="?status__exact=dead"
+                ),
+            }
+        )
     if user.has_perm("ingest.view_ingestrejection"):
         items.append(
             {

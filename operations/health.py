@@ -11,6 +11,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from operations.models import Heartbeat
+from webhooks.selectors import outbound_backlog
 
 Check = Callable[[], tuple[bool, str]]
 
@@ -75,12 +76,31 @@ def check_settings() -> tuple[bool, str]:
     return True, f"{settings.NERUBA_ENV} settings valid"
 
 
+def check_outbound_webhooks() -> tuple[bool, str]:
+    """Detail for operators, never a reason to leave rotation: a receiver that is down is the
+    receiver's problem, and deliveries wait for it. Only an unreadable table fails."""
+    try:
+        backlog = outbound_backlog(now=timezone.now())
+    except DatabaseError:
+        return False, "outbound webhook tables unreadable"
+    counts = backlog["counts"]
+    waiting = counts["pending"] + counts["sending"] + counts["failed"]
+    detail = (
+        f"{waiting} waiting ({counts['failed']} awaiting retry), {counts['dead']} dead, "
+        f"oldest waiting {int(backlog['oldest_pending_age'])}s"
+    )
+    if backlog["disabled_endpoints"]:
+        detail += f", {backlog['disabled_endpoints']} endpoint(s) disabled"
+    return True, detail
+
+
 CHECKS: dict[str, Check] = {
     "database": check_database,
     "migrations": check_migrations,
     "broker": check_broker,
     "scheduler": check_scheduler,
     "settings": check_settings,
+    "outbound_webhooks": check_outbound_webhooks,
 }
 
 

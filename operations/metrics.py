@@ -23,6 +23,7 @@ from billing.models import DriftFinding
 from ingest.models import IngestRejection
 from operations.models import Heartbeat
 from webhooks.models import StripeEvent
+from webhooks.selectors import outbound_backlog
 
 
 class BacklogCollector(Collector):
@@ -63,6 +64,25 @@ class BacklogCollector(Collector):
                 "neruba_scheduler_heartbeat_age_seconds",
                 "Seconds since celery beat last recorded a heartbeat (-1 when never).",
                 value=(now - beat).total_seconds() if beat else -1,
+            )
+            outbound = outbound_backlog(now=now)
+            deliveries = GaugeMetricFamily(
+                "neruba_outbound_deliveries_backlog",
+                "Outbound webhook deliveries not delivered, by status.",
+                labels=["status"],
+            )
+            for status, count in outbound["counts"].items():
+                deliveries.add_metric([status], count)
+            yield deliveries
+            yield GaugeMetricFamily(
+                "neruba_outbound_oldest_pending_age_seconds",
+                "Age of the oldest outbound webhook message still to be delivered (0 when none).",
+                value=outbound["oldest_pending_age"],
+            )
+            yield GaugeMetricFamily(
+                "neruba_outbound_endpoints_disabled",
+                "Outbound webhook endpoints disabled (by an operator or after failing).",
+                value=outbound["disabled_endpoints"],
             )
             yield GaugeMetricFamily(
                 "neruba_backlog_scrape_ok", "1 when the backlog was read.", value=1

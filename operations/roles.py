@@ -28,7 +28,14 @@ _VIEW_BILLING = [
     "billing.view_driftfinding",
     "billing.view_paymentfinding",
 ]
-_VIEW_WEBHOOKS = ["webhooks.view_stripeevent", "webhooks.view_eventattempt"]
+_VIEW_WEBHOOKS = [
+    "webhooks.view_stripeevent",
+    "webhooks.view_eventattempt",
+    "webhooks.view_webhookendpoint",
+    "webhooks.view_outboundmessage",
+    "webhooks.view_outbounddelivery",
+    "webhooks.view_deliveryattempt",
+]
 _NOTES = ["neruba.view_supportnote", "neruba.add_supportnote", "neruba.view_auditentry"]
 
 ROLES: dict[str, dict[str, Any]] = {
@@ -72,7 +79,8 @@ ROLES: dict[str, dict[str, Any]] = {
     },
     "Operations": {
         "summary": "Runs the system: API keys, meters, scheduler locks, billing runs, sweeps "
-        "and heartbeats; replays Stripe webhook events; releases expired locks. Cannot issue "
+        "and heartbeats; replays Stripe webhook events; manages outbound webhook endpoints "
+        "and replays their deliveries; releases expired locks. Cannot issue "
         "credits or change invoices.",
         "permissions": _VIEW_CATALOG
         + _VIEW_USAGE
@@ -89,6 +97,9 @@ ROLES: dict[str, dict[str, Any]] = {
             "ingest.change_metric",
             "billing.view_providersync",
             "webhooks.replay_stripeevent",
+            "webhooks.add_webhookendpoint",
+            "webhooks.change_webhookendpoint",
+            "webhooks.replay_outbounddelivery",
             "operations.view_heartbeat",
             "operations.view_sweeprun",
         ],

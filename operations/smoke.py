@@ -25,6 +25,7 @@ from ingest import services as ingest_services
 from ingest.models import Metric
 from neruba import services as kernel_services
 from neruba.models import ApiKey, Customer
+from webhooks import outbound
 from webhooks.models import StripeEvent
 
 SMOKE_CUSTOMER = "neruba-smoke"
@@ -245,6 +246,21 @@ def smoke_run(
             raise StepFailed(f"redelivery was not recognised as stored: {again.status}")
         return "signed, stored, redelivery recognised"
 
+    def check_outbound() -> str:
+        result = outbound.smoke_send()
+        if not result["endpoints"]:
+            return f"no endpoint subscribed to {outbound.SMOKE_TYPE}: nothing sent"
+        bad = [r for r in result["results"] if r["outcome"] != "delivered"]
+        if bad:
+            raise StepFailed(
+                "; ".join(
+                    f"endpoint {r['endpoint']}: {r['outcome']} "
+                    f"{r['status_code'] or ''} {r['error']}".strip()
+                    for r in bad
+                )
+            )
+        return f"{result['msg_id']} signed and delivered to {result['endpoints']} endpoint(s)"
+
     def check_heartbeat() -> str:
         scheduler = readiness.get("checks", {}).get("scheduler")
         if scheduler is None:
@@ -274,6 +290,11 @@ def smoke_run(
         )
         step("event lookup", "ingest.md#retracing-an-event", check_lookup)
         step("webhook signed+stored", "webhooks.md#signature-failures", check_webhook)
+        step(
+            "outbound webhook delivered",
+            "outbound-webhooks.md#smoke-check-fails",
+            check_outbound,
+        )
         step("scheduler heartbeat", "billing-runs.md#scheduler-heartbeat", check_heartbeat)
     finally:
         if temporary_key is not None:

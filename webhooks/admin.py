@@ -197,3 +197,6 @@ class EventAttemptAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="traceback")
     def tb(self, obj: EventAttempt) -> SafeString | str:
         return _pre(obj.traceback) if obj.traceback else "—"
+
+
+from webhooks import admin_outbound  # noqa: E402, F401 - registers the outbound console pages

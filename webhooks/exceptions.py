@@ -25,3 +25,18 @@ class StripeCustomerMismatch(NerubaError):
     code = "stripe_customer_mismatch"
     http_status = 409
     message = "The Stripe customer on the event differs from the Neruba customer's Stripe id."
+
+
+class EndpointUrlNotAllowed(NerubaError):
+    """An outbound endpoint URL Neruba refuses to call (scheme, or an address that is loopback,
+    private, link-local or a cloud metadata service)."""
+
+    code = "endpoint_url_not_allowed"
+    http_status = 422
+    message = "This webhook endpoint URL is not allowed."
+
+
+class UnknownEventType(NerubaError):
+    code = "unknown_event_type"
+    http_status = 422
+    message = "Unknown webhook event type."

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
+from django.db.models.functions import TruncHour
 
 from billing.models import Dispute, Refund
-from webhooks.models import StripeEvent
+from neruba.models import OutboxMessage
+from webhooks.models import DeliveryAttempt, OutboundDelivery, StripeEvent, WebhookEndpoint
 
 
 def event_linked_records(*, event: StripeEvent) -> dict[str, list[Any]]:
@@ -50,3 +52,51 @@ def events_for_replay(
     if since is not None:
         events = events.filter(received_at__gte=since)
     return events.order_by("created", "id")
+
+
+# --- outbound webhooks -------------------------------------------------------------------------
+
+
+def outbound_backlog(*, now: datetime) -> dict[str, Any]:
+    """Deliveries not yet delivered, by status, the age of the oldest one still to be sent
+    (pending, sending or failed awaiting its retry) and the disabled endpoints. Index-backed
+    counts on (status, next_attempt_at): the delivered rows are never counted."""
+    waiting = ("pending", "sending", "failed")
+    counts = dict.fromkeys((*waiting, "dead"), 0)
+    for row in (
+        OutboundDelivery.objects.filter(status__in=[*waiting, "dead"])
+        .values("status")
+        .annotate(n=Count("id"))
+        .order_by()
+    ):
+        counts[row["status"]] = row["n"]
+    oldest = OutboundDelivery.objects.filter(status__in=waiting).aggregate(m=Min("created_at"))["m"]
+    unfanned = OutboxMessage.objects.filter(fanned_out_at__isnull=True).aggregate(
+        m=Min("created_at")
+    )["m"]
+    starts = [t for t in (oldest, unfanned) if t is not None]
+    return {
+        "counts": counts,
+        "oldest_pending_age": (now - min(starts)).total_seconds() if starts else 0.0,
+        "disabled_endpoints": WebhookEndpoint.objects.filter(enabled=False).count(),
+    }
+
+
+def endpoint_stats(*, endpoint_id: int, now: datetime) -> dict[str, Any]:
+    """Attempts of the last 24 hours per hour and outcome, and the success rate over them."""
+    since = now - timedelta(hours=24)
+    rows = list(
+        DeliveryAttempt.objects.filter(delivery__endpoint_id=endpoint_id, started_at__gte=since)
+        .annotate(hour=TruncHour("started_at"))
+        .values("hour", "outcome")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    total = sum(r["n"] for r in rows)
+    delivered = sum(r["n"] for r in rows if r["outcome"] == "delivered")
+    return {
+        "rows": rows,
+        "attempts": total,
+        "delivered": delivered,
+        "success_rate": (delivered / total) if total else None,
+    }

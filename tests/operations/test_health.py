@@ -18,7 +18,7 @@ from operations.health import heartbeat_record
 from operations.models import Heartbeat
 from tests.neruba.routes import api_routes
 
-CHECKS = {"database", "migrations", "broker", "scheduler", "settings"}
+CHECKS = {"database", "migrations", "broker", "scheduler", "settings", "outbound_webhooks"}
 
 
 def readyz(client: Client) -> tuple[int, dict[str, Any]]:

@@ -19,6 +19,7 @@ STEPS = [
     "ingest conflict",
     "event lookup",
     "webhook signed+stored",
+    "outbound webhook delivered",
     "scheduler heartbeat",
 ]
 
@@ -30,7 +31,7 @@ def test_smoke_passes_in_process_and_its_data_is_never_billed() -> None:
     report = smoke_run(emit=lines.append)
     assert [s.name for s in report.steps] == STEPS
     assert report.ok, "\n".join(lines)
-    assert lines[-1].startswith("smoke: PASS 7/7")
+    assert lines[-1].startswith("smoke: PASS 8/8")
     smoke_customer = Customer.objects.get(external_id=SMOKE_CUSTOMER)
     assert UsageEvent.objects.filter(customer=smoke_customer).count() == 1
     assert not smoke_customer.subscriptions.exists()
@@ -51,7 +52,7 @@ def test_smoke_with_a_wrong_webhook_secret_fails_at_the_webhook_step_and_names_t
     assert "bad_signature" in failed[0].detail
     assert failed[0].runbook == "docs/runbooks/webhooks.md#signature-failures"
     assert any("-> runbook: docs/runbooks/webhooks.md#signature-failures" in line for line in lines)
-    assert lines[-1].startswith("smoke: FAIL 6/7")
+    assert lines[-1].startswith("smoke: FAIL 7/8")
 
 
 @pytest.mark.django_db
