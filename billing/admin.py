@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from billing import services
 from billing.models import (
@@ -30,9 +30,12 @@ from neruba.admin_actions import (
     GuardedAdminMixin,
     ReadOnlyAdminMixin,
     guarded_action,
+    money_column,
+    quantity_column,
 )
 from neruba.admin_site import console
 from neruba.errors import NerubaError
+from neruba.money import MoneyInputError, money, parse_major
 
 
 class PriceInline(admin.TabularInline):
@@ -43,7 +46,8 @@ class PriceInline(admin.TabularInline):
 
 @admin.register(Plan, site=console)
 class PlanAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    list_display = ["code", "name", "currency", "interval", "base_amount"]
+    list_display = ["code", "name", "currency", "interval", "base_amount_money"]
+    base_amount_money = money_column("base_amount", description="base fee")
     list_filter = ["interval", "currency"]
     search_fields = ["code", "name"]
     inlines = [PriceInline]
@@ -172,7 +176,11 @@ mark_paid = guarded_action(
     perform=lambda inv, actor, reason: (
         services.invoice_mark_paid(invoice=inv, actor=actor, reason=reason) and None
     ),
-    preview=lambda inv: f"{inv.number}: {inv.status} -> paid ({inv.total} {inv.currency})",
+    preview=lambda inv: Preview(
+        summary=f"{inv.number} is recorded as paid.",
+        changes=[("status", inv.status, "paid")],
+        facts=[("total", money(inv.total, inv.currency)), ("customer", inv.customer.external_id)],
+    ),
     eligible=lambda inv: inv.status in services.UNPAID,
     explanation="Records a payment received outside the payment provider.",
 )
@@ -182,8 +190,11 @@ class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
-    fields = ["metric", "description", "quantity", "unit_amount", "amount"]
+    fields = ["metric", "description", "quantity_shown", "unit_amount_shown", "amount_money"]
     readonly_fields = fields
+    quantity_shown = quantity_column("quantity", description="quantity")
+    unit_amount_shown = quantity_column("unit_amount", description="unit price (minor units)")
+    amount_money = money_column("amount", currency="invoice__currency", description="amount")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -198,8 +209,9 @@ class CreditAppliedInline(admin.TabularInline):
     extra = 0
     can_delete = False
     verbose_name_plural = "credit entries (applied, given back, corrections)"
-    fields = ["kind", "amount", "currency", "reason_code", "note", "created_at"]
+    fields = ["kind", "amount_money", "reason_code", "note", "created_at"]
     readonly_fields = fields
+    amount_money = money_column("amount", description="amount")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -217,8 +229,7 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "kind",
         "period_start",
         "period_end",
-        "total",
-        "currency",
+        "total_money",
         "issued_at",
     ]
     list_filter = ["status", "kind", "currency", "provider"]
@@ -235,9 +246,9 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "currency",
         "period_start",
         "period_end",
-        "subtotal",
-        "credits_applied",
-        "total",
+        "subtotal_money",
+        "credits_applied_money",
+        "total_money",
         "window_link",
         "run_link",
         "supersedes_link",
@@ -252,6 +263,9 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     fields = readonly_fields
     actions = [rerun_invoices, mark_paid]
     object_actions = ["rerun_invoices", "mark_paid"]
+    subtotal_money = money_column("subtotal", description="subtotal")
+    credits_applied_money = money_column("credits_applied", description="credits applied")
+    total_money = money_column("total", description="total")
 
     @admin.display(description="window")
     def window_link(self, obj: Invoice) -> str:
@@ -296,18 +310,46 @@ class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "failed",
         "dry_run",
     ]
-    list_filter = ["status", "trigger", "dry_run"]
+    list_filter = ["dry_run", "status", "trigger"]
     list_select_related = ["actor"]
     raw_id_fields = ["actor"]
     show_full_result_count = False
 
 
-class CreditIssueForm(forms.ModelForm):
-    """Issuing a credit: the only way a finance user adds a ledger entry."""
+class MajorAmountField(forms.CharField):
+    """An amount typed the way people write it, in major units ("15", "15.00", "1,500.50").
+    The form turns it into minor units once it knows the currency (``minor_amount``)."""
 
-    amount = forms.IntegerField(min_value=1, help_text="Minor units (cents).")
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", "In major units, e.g. 15.00 for $15.00 (JPY: no decimals).")
+        kwargs.setdefault("max_length", 30)
+        super().__init__(**kwargs)
+
+
+def minor_amount(form: forms.Form, field: str, currency: str) -> int | None:
+    """The typed major-unit ``field`` as positive minor units of ``currency``; a bad amount
+    becomes an error next to the field."""
+    raw = form.cleaned_data.get(field)
+    if raw in (None, ""):
+        return None
+    try:
+        value = parse_major(raw, currency)
+    except MoneyInputError as exc:
+        form.add_error(field, str(exc))
+        return None
+    if value <= 0:
+        form.add_error(field, "The amount must be positive.")
+        return None
+    return value
+
+
+class CreditIssueForm(forms.ModelForm):
+    """Issuing a credit: the only way a finance user adds a ledger entry. Credits are in the
+    customer's currency: a credit in another currency could never be consumed."""
+
+    amount = MajorAmountField()
     currency = forms.RegexField(
-        r"^[A-Za-z]{3}$", required=False, help_text="Default: the customer's currency."
+        r"^[A-Za-z]{3}$", required=False, help_text="Default and only choice: the customer's currency."
     )
     reason_code = forms.ChoiceField(choices=ReasonCode.choices)
     note = forms.CharField(label="Reason", widget=forms.Textarea, help_text="Required; audited.")
@@ -316,6 +358,21 @@ class CreditIssueForm(forms.ModelForm):
         model = CreditEntry
         fields = ["customer", "amount", "currency", "reason_code", "note"]
 
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        customer = data.get("customer")
+        if customer is None:
+            return data
+        currency = (data.get("currency") or customer.currency).upper()
+        if currency != customer.currency.upper():
+            self.add_error(
+                "currency", f"Credits are in the customer's currency ({customer.currency})."
+            )
+            return data
+        data["currency"] = currency
+        data["amount"] = minor_amount(self, "amount", currency)
+        return data
+
 
 @admin.register(CreditEntry, site=console)
 class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
@@ -323,12 +380,12 @@ class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "id",
         "customer",
         "kind",
-        "amount",
-        "currency",
+        "amount_money",
         "reason_code",
         "invoice",
         "created_at",
     ]
+    amount_money = money_column("amount", description="amount")
     list_filter = ["kind", "reason_code", "currency"]
     list_select_related = ["customer", "invoice"]
     raw_id_fields = ["customer", "invoice", "reverses", "actor"]
@@ -375,7 +432,8 @@ class ProviderSyncAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Refund, site=console)
 class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["stripe_refund_id", "invoice", "customer", "amount", "currency", "status"]
+    list_display = ["stripe_refund_id", "invoice", "customer", "amount_money", "status"]
+    amount_money = money_column("amount", description="amount")
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]
     raw_id_fields = ["invoice", "customer"]
@@ -385,7 +443,8 @@ class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Dispute, site=console)
 class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["stripe_dispute_id", "invoice", "customer", "amount", "currency", "status"]
+    list_display = ["stripe_dispute_id", "invoice", "customer", "amount_money", "status"]
+    amount_money = money_column("amount", description="amount")
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]
     raw_id_fields = ["invoice", "customer"]
@@ -395,8 +454,81 @@ class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(DriftFinding, site=console)
 class DriftFindingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "kind", "window", "metric", "delta_amount", "status", "created_at"]
+    list_display = [
+        "id",
+        "kind",
+        "customer_shown",
+        "invoice_link",
+        "metric",
+        "delta_shown",
+        "detail_short",
+        "status",
+        "created_at",
+    ]
     list_filter = ["status", "kind"]
-    list_select_related = ["window", "metric"]
+    list_select_related = [
+        "window__subscription__customer",
+        "window__subscription__plan",
+        "metric",
+        "invoice",
+    ]
     raw_id_fields = ["window", "metric", "invoice", "resolved_by"]
+    search_fields = ["=window__subscription__customer__external_id", "=invoice__number"]
+    search_help_text = "Exact customer external id or invoice number."
     show_full_result_count = False
+    fields = [
+        "title",
+        "kind",
+        "status",
+        "customer_shown",
+        "window",
+        "invoice_link",
+        "metric",
+        "invoiced_quantity_shown",
+        "actual_quantity_shown",
+        "delta_shown",
+        "detail",
+        "resolution",
+        "resolved_by",
+        "resolved_at",
+        "resolution_reason",
+        "superseding",
+        "created_at",
+    ]
+    readonly_fields = fields
+    invoiced_quantity_shown = quantity_column("invoiced_quantity", description="invoiced quantity")
+    actual_quantity_shown = quantity_column("actual_quantity", description="actual quantity")
+
+    @admin.display(description="finding")
+    def title(self, obj: DriftFinding) -> str:
+        from billing.drift import finding_title
+
+        return finding_title(obj)
+
+    @admin.display(description="customer")
+    def customer_shown(self, obj: DriftFinding) -> str:
+        return _link(obj.window.subscription.customer, obj.window.subscription.customer.external_id)
+
+    @admin.display(description="invoice")
+    def invoice_link(self, obj: DriftFinding) -> str:
+        return _link(obj.invoice, obj.invoice.number) if obj.invoice_id else "—"
+
+    @admin.display(description="delta", ordering="delta_amount")
+    def delta_shown(self, obj: DriftFinding) -> str:
+        if obj.kind == "payment":
+            return "—"
+        currency = obj.invoice.currency if obj.invoice_id else obj.window.subscription.plan.currency
+        return money(obj.delta_amount, currency, signed=True)
+
+    @admin.display(description="detail")
+    def detail_short(self, obj: DriftFinding) -> str:
+        return (obj.detail[:90] + "…") if len(obj.detail) > 90 else obj.detail
+
+    @admin.display(description="invoices of the window now")
+    def superseding(self, obj: DriftFinding) -> str:
+        invoices = list(obj.window.invoices.order_by("issued_at", "id"))
+        if not invoices:
+            return "—"
+        return format_html_join(
+            ", ", "{} ({}, {})", ((_link(i, i.number), i.status, i.kind) for i in invoices)
+        )

@@ -20,11 +20,12 @@ from django.urls import path, reverse
 from django.utils.functional import cached_property
 
 from neruba.errors import NerubaError
+from neruba.previews import Preview, as_preview
 
 MAX_OBJECTS = 500
 MAX_PREVIEWS = 50
 
-Preview = Callable[[Any], "str | dict[str, Any] | list[Any]"]
+PreviewFn = Callable[[Any], "Preview | str | dict[str, Any] | list[Any]"]
 Perform = Callable[..., "str | None"]
 
 
@@ -48,7 +49,7 @@ def guarded_action(
     label: str,
     permission: str,
     perform: Perform,
-    preview: Preview | None = None,
+    preview: PreviewFn | None = None,
     explanation: str = "",
     eligible: Callable[[Any], bool] | None = None,
     form: type[forms.Form] | None = None,
@@ -75,7 +76,10 @@ def guarded_action(
         confirming = request.POST.get("confirm") == "yes"
         bound = None
         if form is not None:
-            bound = form(request.POST) if confirming else form()
+            # A form that needs the records (an amount typed in their currency) says so with
+            # ``takes_objects``; it gets them as ``objects``.
+            kwargs = {"objects": objects} if getattr(form, "takes_objects", False) else {}
+            bound = form(request.POST, **kwargs) if confirming else form(**kwargs)
         if confirming:
             if reason and (bound is None or bound.is_valid()):
                 extra = () if bound is None else (bound.cleaned_data,)
@@ -102,9 +106,9 @@ def guarded_action(
         for obj in objects[:MAX_PREVIEWS]:
             ok = eligible(obj) if eligible is not None else True
             try:
-                shown = preview(obj) if (preview is not None and ok) else None
+                shown = as_preview(preview(obj)) if (preview is not None and ok) else None
             except NerubaError as exc:
-                shown, ok = f"Will fail: {exc.message}", False
+                shown, ok = Preview(summary=f"Will fail: {exc.message}", tone="fail"), False
             rows.append({"object": obj, "preview": shown, "eligible": ok})
         opts = modeladmin.model._meta
         context = {
@@ -378,3 +382,36 @@ class AuditedAdminMixin:
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for obj in queryset:
             self.delete_model(request, obj)
+
+
+def money_column(
+    field_name: str, *, currency: str = "currency", description: str | None = None
+) -> Callable[[Any, Any], str]:
+    """An admin column (or read-only field) that shows the minor-unit ``field_name`` through
+    the one money formatter: ``money_column("total")`` shows 1500 USD as "$15.00".
+    ``currency`` is the attribute path of the currency code (``"subscription__plan__currency"``).
+    """
+    from neruba.money import money
+
+    def column(modeladmin: Any, obj: Any) -> str:
+        value: Any = obj
+        for part in currency.split("__"):
+            value = getattr(value, part, None) if value is not None else None
+        return money(getattr(obj, field_name, None), str(value or ""))
+
+    column.short_description = description or field_name.replace("_", " ")  # type: ignore[attr-defined]
+    column.admin_order_field = field_name  # type: ignore[attr-defined]
+    column.__name__ = f"{field_name}_money"
+    return column
+
+
+def quantity_column(field_name: str, *, description: str | None = None) -> Callable[[Any, Any], str]:
+    """A Decimal column without storage noise (``1.0000000000`` -> 1)."""
+    from neruba.money import quantity
+
+    def column(modeladmin: Any, obj: Any) -> str:
+        return quantity(getattr(obj, field_name, None))
+
+    column.short_description = description or field_name.replace("_", " ")  # type: ignore[attr-defined]
+    column.__name__ = f"{field_name}_qty"
+    return column

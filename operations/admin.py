@@ -50,6 +50,8 @@ from neruba.admin_actions import (
     guarded_action,
 )
 from neruba.admin_site import console
+from neruba.money import money
+from neruba.previews import Preview
 from neruba.models import AuditEntry, Customer
 from operations import exports
 from operations.hub import customer_hub, notes_for
@@ -210,12 +212,35 @@ def _explain_link(key: str) -> dict[str, str]:
 # --- guarded credit actions --------------------------------------------------------------------
 
 
-class CreditForm(forms.Form):
-    """The ledger form's fields, less the customer (the action's record) and the reason (the
+class _AmountForm(forms.Form):
+    """An amount typed in major units of the selected records' one currency."""
+
+    takes_objects = True
+    amount = billing_admin.MajorAmountField()
+
+    def __init__(self, *args: Any, objects: Sequence[Any] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.currencies = sorted({self.currency_of(o).upper() for o in objects})
+        if len(self.currencies) == 1:
+            self.fields["amount"].label = f"Amount in {self.currencies[0]}"
+
+    def currency_of(self, obj: Any) -> str:
+        return obj.currency
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if len(self.currencies) != 1:
+            self.add_error("amount", "Select records of one currency to type one amount.")
+            return data
+        data["amount"] = billing_admin.minor_amount(self, "amount", self.currencies[0])
+        return data
+
+
+class CreditForm(_AmountForm):
+    """The ledger form's fields, less the customer (the action's record), the currency (always
+    the customer's: a credit in another currency could never be spent) and the reason (the
     guarded action's own)."""
 
-    amount = billing_admin.CreditIssueForm.declared_fields["amount"]
-    currency = billing_admin.CreditIssueForm.declared_fields["currency"]
     reason_code = forms.ChoiceField(choices=ReasonCode.choices, initial=ReasonCode.GOODWILL)
 
 
@@ -223,10 +248,22 @@ def _credit_issue(customer: Customer, actor: Any, reason: str, data: dict[str, A
     billing_services.credit_issue(
         customer=customer,
         amount=data["amount"],
-        currency=data.get("currency") or None,
+        currency=customer.currency,
         reason_code=data["reason_code"],
         actor=actor,
         reason=reason,
+    )
+
+
+def _credit_preview(customer: Customer) -> Preview:
+    balances = credit_balances(customer=customer) or {customer.currency: 0}
+    return Preview(
+        summary=f"A credit entry is added to {customer.external_id}'s ledger; it is applied to "
+        "the next invoice.",
+        facts=[
+            ("currency", customer.currency),
+            *((f"balance now ({cur})", money(amount, cur)) for cur, amount in balances.items()),
+        ],
     )
 
 
@@ -235,20 +272,15 @@ issue_credit = guarded_action(
     label="Issue a credit",
     permission="billing.issue_credit",
     perform=_credit_issue,
-    preview=lambda c: (
-        f"a credit entry is added to {c.external_id}'s ledger (balance now "
-        f"{credit_balances(customer=c) or {c.currency: 0}}); it is applied to the next invoice"
-    ),
+    preview=_credit_preview,
     form=CreditForm,
     explanation="Credits are ledger entries: never edited; a mistake is corrected by another "
-    "entry. The amount is in minor units.",
+    "entry. Type the amount in major units of the customer's currency (15.00 is $15.00).",
 )
 
 
-class CorrectionForm(forms.Form):
-    amount = forms.IntegerField(
-        min_value=1, help_text="Minor units (cents) credited for this invoice."
-    )
+class CorrectionForm(_AmountForm):
+    pass
 
 
 def _correction(invoice: Invoice, actor: Any, reason: str, data: dict[str, Any]) -> None:
@@ -268,15 +300,16 @@ record_correction = guarded_action(
     label="Record a correction (credit for this invoice)",
     permission="billing.issue_credit",
     perform=_correction,
-    preview=lambda inv: (
-        f"a correction credit in {inv.currency} linked to {inv.number} is added to "
-        f"{inv.customer.external_id}'s ledger; the invoice itself is not changed"
+    preview=lambda inv: Preview(
+        summary=f"A correction credit linked to {inv.number} is added to "
+        f"{inv.customer.external_id}'s ledger; the invoice itself is not changed.",
+        facts=[("invoice total", money(inv.total, inv.currency)), ("currency", inv.currency)],
     ),
     eligible=lambda inv: inv.status != Invoice.Status.VOID,
     form=CorrectionForm,
     explanation="For a wrong amount on an invoice that should stand (e.g. paid): the "
     "difference is credited and applied to the next invoice. To re-price the window from the "
-    "events instead, use Rerun.",
+    "events instead, use Rerun. Type the amount in major units (15.00 is $15.00).",
 )
 
 
@@ -551,13 +584,27 @@ def _drift_actions() -> list[Any]:
     def resolve(finding: DriftFinding, actor: Any, reason: str, action: str) -> None:
         finding_resolve(finding=finding, action=action, actor=actor, reason=reason, dry_run=False)
 
-    def preview(finding: DriftFinding, action: str) -> str:
-        return finding_resolve(
+    def preview(finding: DriftFinding, action: str) -> Preview:
+        shown = finding_resolve(
             finding=finding, action=action, actor=None, reason="", dry_run=True
-        ).render()
+        ).to_preview()
+        if action != "ignore" and finding.delta_amount == 0:
+            # The quantity moved but the money did not: re-pricing would void and reissue an
+            # invoice for the same total.
+            shown.tone = "warn"
+            shown.notes.insert(
+                0,
+                "The money difference is zero: re-pricing would issue an identical total. "
+                "Mark ignored is usually the right choice.",
+            )
+        return shown
 
     def is_open(finding: DriftFinding) -> bool:
         return finding.status == DriftFinding.Status.OPEN
+
+    def is_open_usage(finding: DriftFinding) -> bool:
+        # A payment finding is settled at the provider: only "ignore" closes it.
+        return is_open(finding) and finding.kind == "usage"
 
     return [
         guarded_action(
@@ -566,7 +613,7 @@ def _drift_actions() -> list[Any]:
             permission="billing.resolve_driftfinding",
             perform=lambda f, actor, reason: resolve(f, actor, reason, _settle_action(f)),
             preview=lambda f: preview(f, _settle_action(f)),
-            eligible=is_open,
+            eligible=is_open_usage,
             explanation="The window is re-priced from the events stored now: an unpaid invoice "
             "is voided and superseded, a paid one gets a correction credit or a supplementary "
             "invoice. Every open usage finding of the window closes with it.",
@@ -586,6 +633,15 @@ def _drift_actions() -> list[Any]:
 class DriftFindingConsoleAdmin(GuardedAdminMixin, billing_admin.DriftFindingAdmin):
     actions = _drift_actions()
     object_actions = [a.__name__ for a in actions]
+
+    def object_action_buttons(self, request: HttpRequest, obj: Model) -> list[dict[str, str]]:
+        # A closed finding offers nothing; a payment finding only "ignore".
+        if obj.status != DriftFinding.Status.OPEN:
+            return []
+        buttons = super().object_action_buttons(request, obj)
+        if obj.kind != "usage":
+            buttons = [b for b in buttons if "resolve_findings" not in b["url"]]
+        return buttons
 
 
 # --- console users and role groups (superusers only): audited like every other change --------

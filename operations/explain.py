@@ -20,6 +20,7 @@ from billing.periods import period_current
 from ingest.models import IngestRejection, Metric, UsageEvent
 from ingest.selectors import event_history
 from neruba.models import Customer
+from neruba.money import money, quantity
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 
@@ -122,7 +123,7 @@ def _invoice_steps(
             "Invoice line",
             OK,
             f"Invoice {invoice.number} ({invoice.status}), line “{line.description}”: quantity "
-            f"{line.quantity.normalize()}, amount {line.amount} {invoice.currency}.",
+            f"{quantity(line.quantity)}, amount {money(line.amount, invoice.currency)}.",
             invoice,
         )
         explanation.billed = True
@@ -158,7 +159,7 @@ def _invoice_steps(
         explanation.add(
             f"Supplementary invoice {extra.number}",
             INFO,
-            f"{extra.status}, total {extra.total} {extra.currency}: billed the difference found "
+            f"{extra.status}, total {money(extra.total, extra.currency)}: billed the difference found "
             "after the window's invoice was paid.",
             extra,
         )
@@ -191,9 +192,9 @@ def _invoice_steps(
     explanation.add(
         f"Drift finding #{finding.pk}",
         WARN if is_open else OK,
-        f"{finding.status}: invoiced {finding.invoiced_quantity.normalize()} vs actual "
-        f"{finding.actual_quantity.normalize()} (delta {finding.delta_amount:+d} "
-        f"{invoice.currency}){resolution}.",
+        f"{finding.status}: invoiced {quantity(finding.invoiced_quantity)} vs actual "
+        f"{quantity(finding.actual_quantity)} (delta "
+        f"{money(finding.delta_amount, invoice.currency, signed=True)}){resolution}.",
         finding,
     )
     state = finding.status + ("" if is_open else f" ({finding.resolution})")

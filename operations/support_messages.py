@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from billing.ledger import credit_balance
 from billing.models import CreditEntry, Dispute, Invoice, Refund
 from neruba.models import Customer
+from neruba.money import money
 
-# ISO 4217 currencies without minor units; every other currency has two decimals here.
-ZERO_DECIMAL = {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "XAF"}
 
 REASON_WORDS = {
     "goodwill": "a goodwill gesture",
@@ -25,13 +23,6 @@ REASON_WORDS = {
     "refund": "a refund",
     "dispute": "a dispute",
 }
-
-
-def money(amount: int, currency: str) -> str:
-    """Minor units as the customer reads them: 1250 USD -> 12.50."""
-    if currency.upper() in ZERO_DECIMAL:
-        return str(amount)
-    return f"{Decimal(amount) / 100:.2f}"
 
 
 @dataclass(frozen=True)
@@ -57,28 +48,28 @@ TEMPLATES: dict[str, SupportTemplate] = {
         SupportTemplate(
             "credit_issued",
             "Credit issued",
-            "Hello {name}, we have added a credit of {amount} {currency} to your account "
+            "Hello {name}, we have added a credit of {amount} to your account "
             "({reason}). It will be applied automatically to your next invoice. Your credit "
-            "balance is now {balance} {currency}.",
+            "balance is now {balance}.",
         ),
         SupportTemplate(
             "refund_processed",
             "Refund processed",
-            "Hello {name}, we have refunded {amount} {currency} for invoice {invoice_number}. "
+            "Hello {name}, we have refunded {amount} for invoice {invoice_number}. "
             "Depending on your bank it can take 5–10 business days to appear.",  # noqa: RUF001
         ),
         SupportTemplate(
             "dispute_opened",
             "Dispute opened",
             "Hello {name}, we have been notified of a dispute on invoice {invoice_number} for "
-            "{amount} {currency}. If this was unintended, please reply and we will help "
+            "{amount}. If this was unintended, please reply and we will help "
             "resolve it.",
         ),
         SupportTemplate(
             "invoice_corrected",
             "Invoice corrected",
             "Hello {name}, we found an error on invoice {old_number} and issued {new_number} in "
-            "its place (new total {total} {currency}). The original invoice is void; no action "
+            "its place (new total {total}). The original invoice is void; no action "
             "is needed.",
         ),
     )

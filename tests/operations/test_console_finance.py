@@ -137,7 +137,7 @@ def test_the_invoice_list_shows_totals_per_status_and_currency_of_the_filtered_r
     html = client.get("/admin/billing/invoice/").content.decode()
     totals = html[html.index('id="invoice-totals"') :]
     assert "<td>finalized</td><td>USD</td><td>1</td>" in totals
-    assert f"<strong>{invoice.total / 100:.2f}</strong>" in totals
+    assert f"<strong>${invoice.total / 100:.2f}</strong>" in totals
     html = client.get("/admin/billing/invoice/?status__exact=paid").content.decode()
     assert 'id="invoice-totals"' not in html
     assert Invoice.objects.count() == 1
