@@ -36,6 +36,7 @@ from neruba.admin_actions import (
 from neruba.admin_site import console
 from neruba.errors import NerubaError
 from neruba.money import MoneyInputError, money, parse_major
+from neruba.previews import Preview
 
 
 class PriceInline(admin.TabularInline):
@@ -349,7 +350,9 @@ class CreditIssueForm(forms.ModelForm):
 
     amount = MajorAmountField()
     currency = forms.RegexField(
-        r"^[A-Za-z]{3}$", required=False, help_text="Default and only choice: the customer's currency."
+        r"^[A-Za-z]{3}$",
+        required=False,
+        help_text="Default and only choice: the customer's currency.",
     )
     reason_code = forms.ChoiceField(choices=ReasonCode.choices)
     note = forms.CharField(label="Reason", widget=forms.Textarea, help_text="Required; audited.")

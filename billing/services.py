@@ -944,7 +944,14 @@ class RerunResult:
             tables=[
                 PreviewTable(
                     caption="Invoice lines, now and after the rerun",
-                    headers=["Line", "Qty now", "Qty after", "Amount now", "Amount after", "Change"],
+                    headers=[
+                        "Line",
+                        "Qty now",
+                        "Qty after",
+                        "Amount now",
+                        "Amount after",
+                        "Change",
+                    ],
                     rows=rows,
                     footer=[
                         "Subtotal",

@@ -405,7 +405,9 @@ def money_column(
     return column
 
 
-def quantity_column(field_name: str, *, description: str | None = None) -> Callable[[Any, Any], str]:
+def quantity_column(
+    field_name: str, *, description: str | None = None
+) -> Callable[[Any, Any], str]:
     """A Decimal column without storage noise (``1.0000000000`` -> 1)."""
     from neruba.money import quantity
 

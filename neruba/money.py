@@ -41,9 +41,7 @@ def money(amount: Any, currency: str, *, signed: bool = False) -> str:
         return "—"
     code = (currency or "").upper()
     value = to_major(int(amount), code)
-    text = format_currency(
-        value, code, locale=LOCALE, currency_digits=True, format_type="standard"
-    )
+    text = format_currency(value, code, locale=LOCALE, currency_digits=True, format_type="standard")
     if signed and value > 0:
         text = "+" + text
     return text

@@ -53,7 +53,9 @@ def as_preview(value: Any) -> Preview | None:
         return value.to_preview()
     if isinstance(value, str):
         lines = [line.strip() for line in value.splitlines() if line.strip()]
-        tone = "fail" if lines and lines[0].lower().startswith(("will fail", "would fail")) else "ok"
+        tone = (
+            "fail" if lines and lines[0].lower().startswith(("will fail", "would fail")) else "ok"
+        )
         return Preview(summary=lines[0] if lines else "", notes=lines[1:], tone=tone)
     if isinstance(value, Mapping):
         return Preview(facts=[(str(k), _text(v)) for k, v in value.items()])

@@ -50,9 +50,9 @@ from neruba.admin_actions import (
     guarded_action,
 )
 from neruba.admin_site import console
+from neruba.models import AuditEntry, Customer
 from neruba.money import money
 from neruba.previews import Preview
-from neruba.models import AuditEntry, Customer
 from operations import exports
 from operations.hub import customer_hub, notes_for
 from operations.support_messages import messages_for_customer, messages_for_invoice

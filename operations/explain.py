@@ -17,9 +17,9 @@ from django.db.models import Model, Q
 
 from billing.models import BillingWindow, DriftFinding, Invoice, Price, Subscription
 from billing.periods import period_current
-from ingest.models import IngestRejection, Metric, UsageEvent
+from ingest.models import IngestRejection, UsageEvent
 from ingest.selectors import event_history
-from neruba.models import Customer
+from ingest.services import rejection_replay
 from neruba.money import money, quantity
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
@@ -65,19 +65,20 @@ def _rejections(explanation: Explanation) -> Explanation:
             f", replayed {rejection.replay_attempts} time(s).",
             rejection,
         )
-    if latest.status == IngestRejection.Status.OPEN and latest.outcome == "failed":
-        customer_ok = Customer.objects.filter(external_id=latest.customer_ref).exists()
-        metric_ok = Metric.objects.filter(code=latest.metric_ref).exists()
+    if latest.status != IngestRejection.Status.REPLAYED and latest.outcome == "failed":
+        # The answer is the replay's own dry run, so the explainer and the Replay button can
+        # never disagree (a too-old event stays too old whatever is fixed).
+        replay = rejection_replay(rejection=latest, actor=None, reason="", dry_run=True)
+        works = replay.outcome in ("replay", "duplicate")
         explanation.add(
             "Can it be replayed now?",
-            OK if customer_ok and metric_ok else WARN,
-            f"customer {latest.customer_ref or '(none)'} "
-            f"{'exists' if customer_ok else 'does not exist'}; metric "
-            f"{latest.metric_ref or '(none)'} {'exists' if metric_ok else 'does not exist'}. "
+            OK if works else WARN,
+            f"A replay now {replay.describe().rstrip('.')}. "
             + (
                 "Replay the rejection from its page."
-                if customer_ok and metric_ok
-                else "Fix the cause first, then replay the rejection."
+                if works
+                else "Fix the cause first, or dismiss the rejection with a reason if it "
+                "cannot be fixed."
             ),
             latest,
         )
@@ -159,8 +160,8 @@ def _invoice_steps(
         explanation.add(
             f"Supplementary invoice {extra.number}",
             INFO,
-            f"{extra.status}, total {money(extra.total, extra.currency)}: billed the difference found "
-            "after the window's invoice was paid.",
+            f"{extra.status}, total {money(extra.total, extra.currency)}: billed the "
+            "difference found after the window's invoice was paid.",
             extra,
         )
     finding = (

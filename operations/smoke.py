@@ -22,7 +22,7 @@ from django.test import Client
 from django.utils import timezone
 
 from ingest import services as ingest_services
-from ingest.models import Metric
+from ingest.models import IngestRejection, Metric
 from neruba import services as kernel_services
 from neruba.models import ApiKey, Customer
 from webhooks.models import StripeEvent
@@ -154,6 +154,16 @@ def smoke_run(
 ) -> SmokeReport:
     """Runs every step even after a failure, so one run shows everything that is wrong."""
     transport: InProcess | Remote = Remote(base_url) if base_url else InProcess()
+    console_base = (base_url or "").rstrip("/")
+
+    def runbook_url(runbook: str) -> str:
+        # "webhooks.md#signature-failures" -> the console page that renders that section.
+        page, _, anchor = runbook.partition("#")
+        path = f"/console/runbooks/{page.removesuffix('.md')}" + (f"#{anchor}" if anchor else "")
+        if console_base:
+            return console_base + path
+        return f"{path} (in the console; file {RUNBOOK}/{runbook})"
+
     report = SmokeReport(target=transport.label)
     run = uuid.uuid4().hex[:12]
     key = f"smoke-{run}"
@@ -174,7 +184,7 @@ def smoke_run(
         except Exception as exc:  # a broken deployment may fail in any way; report it
             detail, ok = f"{exc.__class__.__name__}: {exc}", False
         result = Step(
-            name, ok, (time.perf_counter() - started) * 1000, detail, f"{RUNBOOK}/{runbook}"
+            name, ok, (time.perf_counter() - started) * 1000, detail, runbook_url(runbook)
         )
         report.steps.append(result)
         emit(result.render())
@@ -273,6 +283,14 @@ def smoke_run(
             ),
         )
         step("event lookup", "ingest.md#retracing-an-event", check_lookup)
+        # The conflict step is meant to be refused; its rejection is smoke's own traffic, not
+        # work for a person, so it is dismissed at once (audited) and the backlog stays at zero.
+        for rejection in IngestRejection.objects.filter(
+            idempotency_key=key, customer_ref=SMOKE_CUSTOMER, status=IngestRejection.Status.OPEN
+        ):
+            ingest_services.rejection_dismiss(
+                rejection=rejection, actor=None, reason="smoke check: the conflict is expected"
+            )
         step("webhook signed+stored", "webhooks.md#signature-failures", check_webhook)
         step("scheduler heartbeat", "billing-runs.md#scheduler-heartbeat", check_heartbeat)
     finally:

@@ -16,7 +16,6 @@ from billing.models import CreditEntry, Dispute, Invoice, Refund
 from neruba.models import Customer
 from neruba.money import money
 
-
 REASON_WORDS = {
     "goodwill": "a goodwill gesture",
     "correction": "a billing correction",

@@ -37,9 +37,23 @@ def test_a_rejected_event_names_the_error_and_says_it_can_be_replayed_once_fixed
     explanation = explain_key(idempotency_key="k-unknown")
     assert "rejected" in explanation.verdict and "never stored" in explanation.verdict
     assert explanation.steps[-1].status == "warn"
-    assert "does not exist" in explanation.steps[-1].detail
+    assert "would fail: unknown_customer" in explanation.steps[-1].detail
     CustomerFactory(external_id="globex")
     assert explain_key(idempotency_key="k-unknown").steps[-1].status == "ok"
+
+
+def test_a_too_old_rejection_is_never_called_replayable_because_the_replay_would_fail(
+    catalog: dict[str, Any], settings: Any
+) -> None:
+    settings.NERUBA = {**settings.NERUBA, "NERUBA_INGEST_MAX_AGE": 3600}
+    with time_machine.travel(JAN + timedelta(days=4), tick=False):
+        (result,) = ingest(call("k-old", at=JAN))
+    assert result["error"]["code"] == "timestamp_too_old"
+    step = explain_key(idempotency_key="k-old").steps[-1]
+    assert step.title == "Can it be replayed now?"
+    assert step.status == "warn"
+    assert "would fail: timestamp_too_old" in step.detail
+    assert "dismiss the rejection" in step.detail
 
 
 @time_machine.travel(JAN + timedelta(days=4), tick=False)
