@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -23,6 +23,7 @@ from neruba.models import Customer
 from neruba.services import note_add as note_add_service
 from operations.explain import explain_key
 from operations.runbooks import runbook_get, runbook_html, runbook_list
+from operations.search import console_search, customer_suggestions
 
 
 @staff_member_required
@@ -108,3 +109,29 @@ def customer_usage(request: HttpRequest, pk: int) -> HttpResponse:
     customer = get_object_or_404(Customer, pk=pk)
     context = {"customer": customer, "usage": usage_current(customer=customer)}
     return TemplateResponse(request, "operations/_customer_usage.html", context)
+
+
+@staff_member_required
+def search(request: HttpRequest) -> HttpResponse:
+    """The header's search box. One match goes straight to its page; more are listed."""
+    q = request.GET.get("q", "").strip()[:200]
+    groups = console_search(q=q, user=request.user) if q else []
+    hits = [hit for group in groups for hit in group.hits if hit.url]
+    if len(hits) == 1 and request.GET.get("list") != "1":
+        return HttpResponseRedirect(hits[0].url)
+    context = {
+        **console.each_context(request),
+        "title": f"Search: {q}" if q else "Search",
+        "console_search_q": q,
+        "q": q,
+        "groups": groups,
+    }
+    return TemplateResponse(request, "operations/search.html", context)
+
+
+@staff_member_required
+def customer_autocomplete(request: HttpRequest) -> JsonResponse:
+    """Customers by external id, name or email for the console's forms."""
+    if not request.user.has_perm("neruba.view_customer"):
+        raise PermissionDenied("Looking up customers needs the neruba.view_customer permission.")
+    return JsonResponse({"results": customer_suggestions(q=request.GET.get("q", "")[:100])})
