@@ -139,9 +139,9 @@ def _rerun(obj: Invoice | BillingWindow, actor: Any, reason: str) -> str | None:
     return None if result.applied else "skipped"
 
 
-def _rerun_preview(obj: Invoice | BillingWindow) -> str:
+def _rerun_preview(obj: Invoice | BillingWindow) -> Preview:
     kwargs: dict[str, Any] = {"invoice": obj} if isinstance(obj, Invoice) else {"window": obj}
-    return services.invoice_rerun(actor=None, reason="", dry_run=True, **kwargs).render()
+    return services.invoice_rerun(actor=None, reason="", dry_run=True, **kwargs).to_preview()
 
 
 RERUN_EXPLANATION = (

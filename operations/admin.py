@@ -38,7 +38,7 @@ import webhooks.admin as webhooks_admin
 from billing import services as billing_services
 from billing.drift import finding_resolve
 from billing.ledger import credit_grant
-from billing.models import CreditEntry, DriftFinding, Invoice, ReasonCode
+from billing.models import BillingRun, BillingWindow, CreditEntry, DriftFinding, Invoice, ReasonCode
 from billing.selectors import credit_balances
 from ingest.models import IngestRejection, UsageEvent
 from neruba import audit
@@ -55,6 +55,7 @@ from neruba.money import money
 from neruba.previews import Preview
 from operations import exports
 from operations.hub import customer_hub, notes_for
+from operations.stories import invoice_story, run_story, timeline, window_story
 from operations.support_messages import messages_for_customer, messages_for_invoice
 from webhooks.handlers import HANDLERS
 from webhooks.models import StripeEvent
@@ -177,6 +178,15 @@ class ConsolePageMixin:
 
     def console_context(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
         context: dict[str, Any] = {"console_links": []}
+        # The audit log is the real history: Django's own (admin LogEntry) never sees the
+        # services' writes, so its History page is always empty here.
+        if request.user.has_perm("neruba.view_auditentry"):
+            context["timeline"] = timeline(obj=obj)
+            context["audit_history_url"] = (
+                reverse("admin:neruba_auditentry_changelist")
+                + "?"
+                + urlencode({"target_type": obj._meta.label_lower, "target_id": str(obj.pk)})
+            )
         if self.notes and request.user.has_perm("neruba.view_supportnote"):
             context["notes"] = notes_for(target=obj)
             context["can_add_note"] = request.user.has_perm("neruba.add_supportnote")
@@ -473,6 +483,8 @@ class InvoiceConsoleAdmin(ConsolePageMixin, billing_admin.InvoiceAdmin):
     def console_context(self, request: HttpRequest, obj: Invoice) -> dict[str, Any]:
         context = super().console_context(request, obj)
         context["support_messages"] = messages_for_invoice(invoice=obj)
+        context["story"] = invoice_story(invoice=obj)
+        context["story_template"] = "operations/_invoice_story.html"
         context["console_links"].append(
             {
                 "label": "Customer page",
@@ -559,6 +571,7 @@ class AuditLogAdmin(CsvExportMixin, neruba_admin.AuditEntryAdmin):
         input_filter("action", "action", "action", "e.g. credit.grant"),
         input_filter("reason code", "reason_code", "after__reason_code", "e.g. goodwill"),
         input_filter("record type", "target_type", "target_type", "e.g. billing.invoice"),
+        input_filter("record id", "target_id", "target_id", "e.g. 42"),
         *date_filters("created_at"),
     ]
     csv_columns = _audit_columns
@@ -630,7 +643,30 @@ def _drift_actions() -> list[Any]:
     ]
 
 
-class DriftFindingConsoleAdmin(GuardedAdminMixin, billing_admin.DriftFindingAdmin):
+class BillingRunConsoleAdmin(ConsolePageMixin, billing_admin.BillingRunAdmin):
+    notes = False
+
+    def console_context(self, request: HttpRequest, obj: BillingRun) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["story"] = run_story(run=obj)
+        context["story_template"] = "operations/_run_story.html"
+        return context
+
+
+class BillingWindowConsoleAdmin(ConsolePageMixin, billing_admin.BillingWindowAdmin):
+    notes = False
+
+    def console_context(self, request: HttpRequest, obj: BillingWindow) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["story"] = window_story(window=obj)
+        context["story_template"] = "operations/_window_story.html"
+        return context
+
+
+class DriftFindingConsoleAdmin(
+    ConsolePageMixin, GuardedAdminMixin, billing_admin.DriftFindingAdmin
+):
+    notes = False
     actions = _drift_actions()
     object_actions = [a.__name__ for a in actions]
 
@@ -711,6 +747,8 @@ for model, model_admin in (
     (CreditEntry, CreditLedgerAdmin),
     (AuditEntry, AuditLogAdmin),
     (DriftFinding, DriftFindingConsoleAdmin),
+    (BillingRun, BillingRunConsoleAdmin),
+    (BillingWindow, BillingWindowConsoleAdmin),
 ):
     if console.is_registered(model):
         console.unregister(model)
