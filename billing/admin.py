@@ -29,6 +29,7 @@ from neruba.admin_actions import (
     AuditedAdminMixin,
     GuardedAdminMixin,
     ReadOnlyAdminMixin,
+    ReasonRequiredAdminMixin,
     guarded_action,
     money_column,
     quantity_column,
@@ -86,7 +87,7 @@ class SubscriptionForm(forms.ModelForm):
 
 
 @admin.register(Subscription, site=console)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(ReasonRequiredAdminMixin, admin.ModelAdmin):
     """Created through subscription_create; afterwards only the end can change (its windows
     and invoices depend on the customer, plan and start). Both paths are audited."""
 
@@ -106,7 +107,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
         if change:
             services.subscription_end(
-                subscription=obj, ended_at=obj.ended_at, actor=request.user, reason="console edit"
+                subscription=obj,
+                ended_at=obj.ended_at,
+                actor=request.user,
+                reason=self.change_reason(form),
             )
             return
         created = services.subscription_create(
@@ -115,6 +119,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
             started_at=obj.started_at,
             ended_at=obj.ended_at,
             actor=request.user,
+            reason=self.change_reason(form),
         )
         obj.pk = created.pk
 

@@ -142,6 +142,7 @@ def subscription_create(
     started_at: datetime,
     ended_at: datetime | None = None,
     actor: audit.Actor | ApiKey = None,
+    reason: str = "",
 ) -> Subscription:
     with transaction.atomic():
         # Lock the customer row so two concurrent creations cannot both pass the overlap check.
@@ -155,6 +156,7 @@ def subscription_create(
             action="subscription.create",
             target=subscription,
             customer=customer,
+            reason=reason,
             after={"plan": plan.code, "started_at": started_at, "ended_at": ended_at},
         )
     return subscription

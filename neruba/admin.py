@@ -10,7 +10,13 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from neruba import locks, services
-from neruba.admin_actions import GuardedAdminMixin, ReadOnlyAdminMixin, guarded_action
+from neruba.admin_actions import (
+    REASON_FIELD,
+    GuardedAdminMixin,
+    ReadOnlyAdminMixin,
+    ReasonRequiredAdminMixin,
+    guarded_action,
+)
 from neruba.admin_site import console
 from neruba.models import SCOPES, ApiKey, AuditEntry, Customer, SchedulerLock, SupportNote
 
@@ -20,7 +26,7 @@ console.register(Group, GroupAdmin)
 
 
 @admin.register(Customer, site=console)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(ReasonRequiredAdminMixin, admin.ModelAdmin):
     list_display = ["external_id", "name", "email", "currency", "stripe_customer_id", "created_at"]
     search_fields = ["external_id", "name", "email", "stripe_customer_id"]
     list_filter = ["currency"]
@@ -39,9 +45,9 @@ class CustomerAdmin(admin.ModelAdmin):
         if change:
             services.customer_update(
                 customer=obj,
-                changes={f: getattr(obj, f) for f in form.changed_data},
+                changes={f: getattr(obj, f) for f in form.changed_data if f != REASON_FIELD},
                 actor=request.user,
-                reason="edited in console",
+                reason=self.change_reason(form),
             )
         else:
             created = services.customer_create(
@@ -51,6 +57,7 @@ class CustomerAdmin(admin.ModelAdmin):
                 currency=obj.currency,
                 stripe_customer_id=obj.stripe_customer_id,
                 actor=request.user,
+                reason=self.change_reason(form),
             )
             obj.pk = created.pk
 
@@ -76,7 +83,7 @@ class ApiKeyForm(forms.ModelForm):
 
 
 @admin.register(ApiKey, site=console)
-class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
+class ApiKeyAdmin(ReasonRequiredAdminMixin, GuardedAdminMixin, admin.ModelAdmin):
     form = ApiKeyForm
     list_display = ["name", "prefix", "scopes", "created", "revoked", "expiry_date"]
     list_filter = ["revoked"]
@@ -94,6 +101,10 @@ class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
         )
     ]
 
+    def _reason_wanted(self, request: HttpRequest, obj: Any) -> bool:
+        # A key is never edited after creation (its page is read-only): only creation asks.
+        return obj is None and self.has_add_permission(request)
+
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is not None:
             return [*self.readonly_fields, "name", "scopes", "expiry_date"]
@@ -103,7 +114,11 @@ class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
         if change:
             return
         created, raw = services.api_key_create(
-            name=obj.name, scopes=obj.scopes, expiry_date=obj.expiry_date, actor=request.user
+            name=obj.name,
+            scopes=obj.scopes,
+            expiry_date=obj.expiry_date,
+            actor=request.user,
+            reason=self.change_reason(form),
         )
         obj.pk = created.pk
         messages.warning(
@@ -118,15 +133,39 @@ class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
 class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "created_at",
-        "actor_label",
+        "actor_shown",
         "action",
         "target_type",
-        "target_id",
+        "target_id_shown",
         "customer",
         "reason",
     ]
+    # Every field but the raw target id: an API key's stored id embeds its hash.
+    fields = [
+        "created_at",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id_shown",
+        "target_repr",
+        "customer",
+        "reason",
+        "before",
+        "after",
+        "request_id",
+    ]
+    readonly_fields = fields
     list_filter = ["action", "target_type", "actor_label"]
     search_fields = ["target_id", "reason", "actor_label"]
+
+    @admin.display(description="target id")
+    def target_id_shown(self, obj: AuditEntry) -> str:
+        return obj.target_id_shown
+
+    @admin.display(description="actor", ordering="actor_label")
+    def actor_shown(self, obj: AuditEntry) -> str:
+        return obj.actor_label or "system"
+
     list_select_related = ["customer"]
     raw_id_fields = ["customer", "actor"]
     date_hierarchy = "created_at"

@@ -284,7 +284,57 @@ class ReadOnlyAdminMixin:
         return False
 
 
-class AuditedAdminMixin:
+REASON_FIELD = "change_reason"
+
+
+class ReasonRequiredAdminMixin:
+    """Every create and change made through a plain console form asks for a reason, kept in the
+    audit entry the save writes (``change_reason(form)``), as every guarded action does."""
+
+    reason_label = "Reason (required, kept in the audit log)"
+
+    def _reason_wanted(self, request: HttpRequest, obj: Model | None) -> bool:
+        if obj is None:
+            return bool(self.has_add_permission(request))  # type: ignore[attr-defined]
+        return bool(self.has_change_permission(request, obj))  # type: ignore[attr-defined]
+
+    def get_form(
+        self, request: HttpRequest, obj: Model | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if self._reason_wanted(request, obj):
+            base = kwargs.get("form")
+            if base is None:
+                add_form = getattr(self, "add_form", None)
+                base = add_form if (obj is None and add_form is not None) else self.form  # type: ignore[attr-defined]
+            kwargs["form"] = type(
+                base.__name__,
+                (base,),
+                {
+                    REASON_FIELD: forms.CharField(
+                        label=self.reason_label,
+                        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+                        help_text="Why this change: what a colleague reading the audit log "
+                        "needs to know.",
+                    )
+                },
+            )
+        return super().get_form(request, obj, change=change, **kwargs)  # type: ignore[misc]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        from django.contrib.admin.utils import flatten_fieldsets
+
+        fieldsets = list(super().get_fieldsets(request, obj))  # type: ignore[misc]
+        if self._reason_wanted(request, obj) and REASON_FIELD not in flatten_fieldsets(fieldsets):
+            fieldsets.append(("Reason", {"fields": [REASON_FIELD]}))
+        return fieldsets
+
+    @staticmethod
+    def change_reason(form: Any, default: str = "console edit") -> str:
+        data = getattr(form, "cleaned_data", None) or {}
+        return (data.get(REASON_FIELD) or "").strip() or default
+
+
+class AuditedAdminMixin(ReasonRequiredAdminMixin):
     """Plain console edits of reference data (catalog, meters) are audited too: the save and
     its audit entry commit together, with the fields before and after.
 
@@ -299,14 +349,16 @@ class AuditedAdminMixin:
 
         return model_to_dict(obj)
 
-    def _audit_save(self, request: HttpRequest, obj: Model, change: bool, before: Any) -> None:
+    def _audit_save(
+        self, request: HttpRequest, obj: Model, change: bool, before: Any, reason: str
+    ) -> None:
         from neruba import audit
 
         audit.record(
             actor=request.user,
             action=f"{obj._meta.model_name}.{'update' if change else 'create'}",
             target=obj,
-            reason="console edit",
+            reason=reason,
             before=before,
             after=self.audit_snapshot(obj),
             customer=getattr(obj, "customer", None),
@@ -315,6 +367,8 @@ class AuditedAdminMixin:
     def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
         from django.db import transaction
 
+        # Inline rows (a plan's prices) are saved after this and audited with the same reason.
+        request._neruba_change_reason = self.change_reason(form)  # type: ignore[attr-defined]
         with transaction.atomic():
             before = None
             if change:
@@ -323,12 +377,18 @@ class AuditedAdminMixin:
             if self.audit_after_related:
                 form.audit_before = before
             else:
-                self._audit_save(request, obj, change, before)
+                self._audit_save(request, obj, change, before, self.change_reason(form))
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)  # type: ignore[misc]
         if self.audit_after_related:
-            self._audit_save(request, form.instance, change, getattr(form, "audit_before", None))
+            self._audit_save(
+                request,
+                form.instance,
+                change,
+                getattr(form, "audit_before", None),
+                self.change_reason(form),
+            )
 
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
         from django.db import transaction
@@ -358,7 +418,7 @@ class AuditedAdminMixin:
                     actor=request.user,
                     action=f"{obj._meta.model_name}.create",
                     target=obj,
-                    reason="console edit",
+                    reason=getattr(request, "_neruba_change_reason", "console edit"),
                     after=model_to_dict(obj),
                 )
             for obj, fields in formset.changed_objects:
@@ -366,7 +426,7 @@ class AuditedAdminMixin:
                     actor=request.user,
                     action=f"{obj._meta.model_name}.update",
                     target=obj,
-                    reason="console edit",
+                    reason=getattr(request, "_neruba_change_reason", "console edit"),
                     after={**model_to_dict(obj), "changed": fields},
                 )
             for obj in formset.deleted_objects:
@@ -375,7 +435,7 @@ class AuditedAdminMixin:
                     action=f"{obj._meta.model_name}.delete",
                     target_type=obj._meta.label_lower,
                     target_id=str(obj.pk),
-                    reason="console edit",
+                    reason=getattr(request, "_neruba_change_reason", "console edit"),
                     before=model_to_dict(obj),
                 )
 

@@ -185,7 +185,9 @@ class ConsolePageMixin:
             context["audit_history_url"] = (
                 reverse("admin:neruba_auditentry_changelist")
                 + "?"
-                + urlencode({"target_type": obj._meta.label_lower, "target_id": str(obj.pk)})
+                + urlencode(
+                    {"target_type": obj._meta.label_lower, "target_id": audit.public_id(obj)}
+                )
             )
         if self.notes and request.user.has_perm("neruba.view_supportnote"):
             context["notes"] = notes_for(target=obj)
@@ -555,7 +557,7 @@ _audit_columns: list[tuple[str, Callable[[Any], Any]]] = [
     ("actor", lambda a: a.actor_label),
     ("action", lambda a: a.action),
     ("target_type", lambda a: a.target_type),
-    ("target_id", lambda a: a.target_id),
+    ("target_id", lambda a: audit.shown_target_id(a.target_type, a.target_id)),
     ("target", lambda a: a.target_repr),
     ("customer", lambda a: a.customer.external_id if a.customer_id else ""),
     ("reason", lambda a: a.reason),

@@ -20,6 +20,7 @@ from billing.models import (
     ProviderSync,
     Refund,
 )
+from neruba import audit
 from neruba.models import AuditEntry
 from neruba.money import money
 from webhooks.models import StripeEvent
@@ -35,7 +36,7 @@ PAID_BY = {
 
 def timeline(*, obj: Model, extra: Q | None = None) -> list[AuditEntry]:
     """Audit entries about ``obj`` (and ``extra``), newest first."""
-    match = Q(target_type=obj._meta.label_lower, target_id=str(obj.pk))
+    match = Q(target_type=obj._meta.label_lower, target_id=audit.public_id(obj))
     if extra is not None:
         match |= extra
     return list(AuditEntry.objects.filter(match).order_by("-created_at", "-id")[:LIMIT])

@@ -24,6 +24,7 @@ def _add(client: Client, customer, plan, start: str, end: str = ""):
             "started_at_1": "00:00:00",
             "ended_at_0": end,
             "ended_at_1": "00:00:00" if end else "",
+            "change_reason": "signed the order form",
         },
     )
 
@@ -66,12 +67,15 @@ def test_only_the_end_of_a_subscription_can_change_and_the_change_is_audited(con
             "plan": other.pk,
             "ended_at_0": "2026-06-01",
             "ended_at_1": "00:00:00",
+            "change_reason": "contract ends in June",
         },
     )
     assert response.status_code == 302
     subscription.refresh_from_db()
     assert subscription.plan == plan and subscription.ended_at.month == 6
-    assert AuditEntry.objects.filter(action="subscription.end", reason="console edit").exists()
+    assert AuditEntry.objects.filter(
+        action="subscription.end", reason="contract ends in June"
+    ).exists()
     assert (
         client.post(
             f"/admin/billing/subscription/{subscription.pk}/delete/", {"post": "yes"}

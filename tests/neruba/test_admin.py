@@ -22,7 +22,13 @@ def operations_client(console_user: Callable[[str], Any]) -> Client:
 def add_key(client: Client, **data: Any) -> Any:
     return client.post(
         "/admin/neruba/apikey/add/",
-        {"name": "svc", "expiry_date_0": "", "expiry_date_1": "", **data},
+        {
+            "name": "svc",
+            "expiry_date_0": "",
+            "expiry_date_1": "",
+            "change_reason": "new svc",
+            **data,
+        },
     )
 
 
@@ -52,7 +58,8 @@ def test_an_api_key_made_in_the_console_has_the_chosen_scopes(
     assert response.status_code == 302
     api_key = ApiKey.objects.get()
     assert api_key.scopes == ["read", "write"]
-    assert AuditEntry.objects.get(action="api_key.create").target_id == str(api_key.pk)
+    assert AuditEntry.objects.get(action="api_key.create").target_id == f"prefix:{api_key.prefix}"
+    assert api_key.hashed_key not in AuditEntry.objects.get(action="api_key.create").target_id
 
 
 def test_an_api_key_change_page_is_read_only_and_saves_nothing(
