@@ -38,6 +38,7 @@ from neruba.admin_site import console
 from neruba.errors import NerubaError
 from neruba.money import MoneyInputError, money, parse_major
 from neruba.previews import Preview
+from neruba.widgets import CustomerByExternalIdField
 
 
 class PriceInline(admin.TabularInline):
@@ -55,12 +56,36 @@ class PlanAdmin(AuditedAdminMixin, admin.ModelAdmin):
     inlines = [PriceInline]
 
 
+class PlanChoiceField(forms.ModelChoiceField):
+    """Plans by code with what a person picks on: currency, interval and base fee."""
+
+    def label_from_instance(self, obj: Plan) -> str:
+        return (
+            f"{obj.code} — {obj.name} ({obj.currency}, per {obj.interval}, base fee "
+            f"{money(obj.base_amount, obj.currency)})"
+        )
+
+
 class SubscriptionForm(forms.ModelForm):
     """Checks the same rules as the API (currency, no overlap) before anything is saved."""
+
+    customer = CustomerByExternalIdField()
+    plan = PlanChoiceField(queryset=Plan.objects.order_by("code"))
 
     class Meta:
         model = Subscription
         fields = ["customer", "plan", "started_at", "ended_at"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            # Read-only once created (see SubscriptionAdmin); declared fields are not dropped
+            # by the admin's exclude, so they go here.
+            for name in ("customer", "plan"):
+                self.fields.pop(name, None)
+        for name in ("started_at", "ended_at"):
+            if name in self.fields:
+                self.fields[name].help_text = "UTC (e.g. 2026-11-24 and 00:00:00)."
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -95,7 +120,6 @@ class SubscriptionAdmin(ReasonRequiredAdminMixin, admin.ModelAdmin):
     list_display = ["customer", "plan", "started_at", "ended_at"]
     list_filter = ["plan"]
     list_select_related = ["customer", "plan"]
-    raw_id_fields = ["customer"]
     search_fields = ["customer__external_id", "customer__name"]
     show_full_result_count = False
 
@@ -353,6 +377,7 @@ class CreditIssueForm(forms.ModelForm):
     """Issuing a credit: the only way a finance user adds a ledger entry. Credits are in the
     customer's currency: a credit in another currency could never be consumed."""
 
+    customer = CustomerByExternalIdField()
     amount = MajorAmountField()
     currency = forms.RegexField(
         r"^[A-Za-z]{3}$",

@@ -79,7 +79,7 @@ def test_an_invoice_page_shows_lines_credits_window_and_run_read_only(
 
 def test_support_cannot_issue_a_credit_and_finance_can(console_user: Any, invoice: Invoice) -> None:
     form = {
-        "customer": str(invoice.customer_id),
+        "customer": invoice.customer.external_id,
         "amount": "5.00",
         "currency": "",
         "reason_code": "goodwill",
