@@ -36,7 +36,7 @@ from neruba.admin_actions import (
 )
 from neruba.admin_site import console
 from neruba.errors import NerubaError
-from neruba.money import MoneyInputError, money, parse_major
+from neruba.money import MoneyInputError, major_str, money, parse_major
 from neruba.previews import Preview
 from neruba.widgets import CustomerByExternalIdField
 
@@ -47,8 +47,40 @@ class PriceInline(admin.TabularInline):
     raw_id_fields = ["metric"]
 
 
+class PlanForm(forms.ModelForm):
+    """The base fee typed in major units of the plan's currency (499.00, not 49900)."""
+
+    base_amount = forms.CharField(
+        max_length=30,
+        help_text="Base fee per window in major units, e.g. 499.00 (JPY: no decimals).",
+    )
+
+    class Meta:
+        model = Plan
+        fields = ["code", "name", "currency", "interval", "base_amount"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None and not self.is_bound:
+            self.initial["base_amount"] = major_str(
+                self.instance.base_amount, self.instance.currency
+            )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        raw = data.get("base_amount")
+        if raw in (None, ""):
+            return data
+        try:
+            data["base_amount"] = parse_major(raw, data.get("currency") or "USD")
+        except MoneyInputError as exc:
+            self.add_error("base_amount", str(exc))
+        return data
+
+
 @admin.register(Plan, site=console)
 class PlanAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    form = PlanForm
     list_display = ["code", "name", "currency", "interval", "base_amount_money"]
     base_amount_money = money_column("base_amount", description="base fee")
     list_filter = ["interval", "currency"]

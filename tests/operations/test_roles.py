@@ -231,7 +231,7 @@ def test_finance_can_add_a_plan_through_the_console(console_user: Callable[[str]
             "name": "Scale",
             "currency": "USD",
             "interval": "month",
-            "base_amount": "49900",
+            "base_amount": "499.00",
             "prices-TOTAL_FORMS": "0",
             "prices-INITIAL_FORMS": "0",
             "prices-MIN_NUM_FORMS": "0",
@@ -241,6 +241,7 @@ def test_finance_can_add_a_plan_through_the_console(console_user: Callable[[str]
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     plan = Plan.objects.get(code="scale")
+    assert plan.base_amount == 49900  # typed as 499.00
     entry = AuditEntry.objects.get(action="plan.create", target_id=str(plan.pk))
     assert entry.actor_label == "finance-user"
 
