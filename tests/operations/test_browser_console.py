@@ -123,6 +123,7 @@ def test_support_replays_a_rejection_after_creating_the_missing_customer(page: A
     page.fill("#id_external_id", "globex")
     page.fill("#id_name", "Globex")
     page.fill("#id_email", "ops@globex.example")
+    page.fill("#id_change_reason", "Globex signed up; its usage was rejected")
     page.click("input[name=_save]")
     assert "was added successfully" in page.inner_text(".messagelist")
     globex = Customer.objects.get(external_id="globex")
