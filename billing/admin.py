@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -373,6 +374,26 @@ class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "dry_run",
     ]
     list_filter = ["dry_run", "status", "trigger"]
+    exclude = ["invoiced_amount"]
+    readonly_fields = ["amounts"]
+
+    @admin.display(description="invoiced amount")
+    def amounts(self, obj: BillingRun) -> str:
+        # The stored sum adds every currency together: shown per currency from the invoices.
+        if obj.dry_run:
+            return (
+                "a dry run writes no invoices: see the counts (amounts are not split by currency)"
+            )
+        totals = obj.invoices.order_by().values("currency").annotate(total=models.Sum("total"))
+        return ", ".join(money(t["total"], t["currency"]) for t in totals) or "—"
+
+    def get_list_display(self, request: HttpRequest) -> list[str]:
+        return [*self.list_display[:1], "dry_run_badge", *self.list_display[1:-1]]
+
+    @admin.display(description="")
+    def dry_run_badge(self, obj: BillingRun) -> str:
+        return format_html('<span class="dry-run-badge">DRY RUN</span>') if obj.dry_run else ""
+
     list_select_related = ["actor"]
     raw_id_fields = ["actor"]
     show_full_result_count = False
@@ -461,6 +482,25 @@ class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.has_perm("billing.issue_credit")
 
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return super().get_fields(request, obj)
+        return [
+            "customer",
+            "kind",
+            "amount_money",
+            "reason_code",
+            "invoice",
+            "reverses",
+            "actor",
+            "note",
+            "source_key",
+            "created_at",
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.get_fields(request, obj) if obj is not None else []
+
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         if obj is None:
             return CreditIssueForm
@@ -498,6 +538,9 @@ class ProviderSyncAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 @admin.register(Refund, site=console)
 class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["stripe_refund_id", "invoice", "customer", "amount_money", "status"]
+    # The detail page shows the amount through the formatter, never raw minor units.
+    exclude = ["amount"]
+    readonly_fields = ["amount_money"]
     amount_money = money_column("amount", description="amount")
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]
@@ -509,6 +552,9 @@ class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 @admin.register(Dispute, site=console)
 class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["stripe_dispute_id", "invoice", "customer", "amount_money", "status"]
+    # The detail page shows the amount through the formatter, never raw minor units.
+    exclude = ["amount"]
+    readonly_fields = ["amount_money"]
     amount_money = money_column("amount", description="amount")
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]

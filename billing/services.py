@@ -887,11 +887,11 @@ class RerunResult:
         }
 
     ACTION_WORDS = {
-        "supersede": "the unpaid invoice is voided and a new invoice supersedes it",
-        "credit": "the paid invoice stands; the over-billed difference is credited",
-        "supplementary": "the paid invoice stands; a supplementary invoice bills the difference",
-        "invoice": "the window was never billed; an invoice is issued",
-        "none": "nothing changes: the window prices the same",
+        "supersede": "The unpaid invoice is voided and a new invoice supersedes it",
+        "credit": "The paid invoice stands; the over-billed difference is credited",
+        "supplementary": "The paid invoice stands; a supplementary invoice bills the difference",
+        "invoice": "The window was never billed; an invoice is issued",
+        "none": "Nothing changes: the window prices the same",
     }
 
     @property

@@ -51,7 +51,7 @@ from neruba.admin_actions import (
 )
 from neruba.admin_site import console
 from neruba.models import AuditEntry, Customer
-from neruba.money import money
+from neruba.money import major_str, money
 from neruba.previews import Preview
 from operations import exports
 from operations.hub import customer_hub, notes_for
@@ -527,7 +527,9 @@ _ledger_columns: list[tuple[str, Callable[[Any], Any]]] = [
     ("created_at", lambda e: e.created_at.isoformat()),
     ("customer", lambda e: e.customer.external_id),
     ("kind", lambda e: e.kind),
-    ("amount", lambda e: e.amount),
+    # Both units, named: major units for people and spreadsheets, minor units for exact sums.
+    ("amount", lambda e: major_str(e.amount, e.currency)),
+    ("amount_minor_units", lambda e: e.amount),
     ("currency", lambda e: e.currency),
     ("reason_code", lambda e: e.reason_code),
     ("invoice", lambda e: e.invoice.number if e.invoice_id else ""),

@@ -76,9 +76,11 @@ def test_finance_exports_exactly_the_filtered_ledger_rows_as_csv_and_the_export_
     html = client.get(LEDGER + "?customer=acme").content.decode()
     assert 'href="/admin/billing/creditentry/export.csv?customer=acme"' in html
     rows = _csv(client.get(LEDGER + "export.csv?customer=acme"))
-    assert [(r["customer"], r["amount"], r["reason_code"]) for r in rows] == [
-        ("acme", "200", "correction"),
-        ("acme", "100", "goodwill"),
+    assert [
+        (r["customer"], r["amount"], r["amount_minor_units"], r["reason_code"]) for r in rows
+    ] == [
+        ("acme", "2.00", "200", "correction"),
+        ("acme", "1.00", "100", "goodwill"),
     ]
     assert rows[0]["note"].startswith("'=")  # no formula reaches a spreadsheet
     export = AuditEntry.objects.get(action="export.csv")
