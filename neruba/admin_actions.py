@@ -258,6 +258,9 @@ class ExactSearchMixin:
     PostgreSQL combines the columns' indexes."""
 
     exact_search_fields: Sequence[str] = ()
+    # Matched by prefix too ("evt-00" finds "evt-0001"): a range on the same btree index
+    # (``col >= term AND col < next(term)``), which every collation's index serves.
+    prefix_search_fields: Sequence[str] = ()
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
@@ -268,6 +271,9 @@ class ExactSearchMixin:
         match = Q()
         for name in self.exact_search_fields:
             match |= Q(**{name: term})
+        after = term[:-1] + chr(ord(term[-1]) + 1)
+        for name in self.prefix_search_fields:
+            match |= Q(**{f"{name}__gte": term, f"{name}__lt": after, f"{name}__startswith": term})
         return queryset.filter(match), False
 
 

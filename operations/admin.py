@@ -428,8 +428,15 @@ EVENT_SOURCES = ("api", "replay", "demo")
 
 
 class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.UsageEventAdmin):
-    list_filter = ["late", choices_filter("source", "source", EVENT_SOURCES), "metric"]
+    list_filter = [
+        "late",
+        choices_filter("source", "source", EVENT_SOURCES),
+        "metric",
+        input_filter("customer", "customer", "customer__external_id", "external id"),
+    ]
     exact_search_fields = ["idempotency_key"]
+    prefix_search_fields = ["idempotency_key"]
+    search_help_text = "Idempotency key or its start (case-sensitive)."
 
     def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
         context = super().console_context(request, obj)
@@ -451,6 +458,7 @@ class IngestRejectionConsoleAdmin(
         "created_at",
     ]
     exact_search_fields = ["idempotency_key", "customer_ref", "metric_ref"]
+    prefix_search_fields = ["idempotency_key"]
 
     def console_context(self, request: HttpRequest, obj: IngestRejection) -> dict[str, Any]:
         context = super().console_context(request, obj)
@@ -478,6 +486,19 @@ class StripeEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, webhooks_admin
 
 
 class InvoiceConsoleAdmin(ConsolePageMixin, billing_admin.InvoiceAdmin):
+    search_help_text = "Invoice number (or its digits, e.g. 96), customer external id, or "
+    "provider invoice id."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Invoice], search_term: str
+    ) -> tuple[QuerySet[Invoice], bool]:
+        from operations.search import invoice_match
+
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(invoice_match(term)), False
+
     change_list_template = "operations/change_list.html"
     actions = [*billing_admin.InvoiceAdmin.actions, record_correction]
     object_actions = [*billing_admin.InvoiceAdmin.object_actions, "record_correction"]

@@ -75,6 +75,12 @@ def _invoice_numbers(q: str) -> Q:
     return match
 
 
+def invoice_match(q: str) -> Q:
+    """An invoice list search: number (any prefix, or just its digits), customer external id,
+    provider invoice id; all exact or prefix on indexed columns."""
+    return _invoice_numbers(q) | Q(provider_invoice_id=q) | Q(customer__external_id=q)
+
+
 def console_search(*, q: str, user: Any) -> list[Group]:
     """The matches the user may see, grouped by record type, at most ``LIMIT`` per group."""
     q = q.strip()
