@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncHour
 from django.http import HttpRequest
@@ -203,6 +204,11 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
         context["now"] = now
     if user.has_perm("ingest.view_ingestbatch"):
         context["ingest_chart"] = mark_safe(_ingest_chart(now))  # noqa: S308 - built by us, escaped
+    if user.has_perm("webhooks.replay_stripeevent"):
+        # Which signing secrets this deployment checks (index and last four), so a rotation
+        # can be compared with Stripe's dashboard without a shell.
+        secrets = settings.NERUBA["STRIPE_WEBHOOK_SECRETS"] or []
+        context["webhook_secrets"] = [f"secret#{n + 1} …{s[-4:]}" for n, s in enumerate(secrets)]
     if user.has_perm("webhooks.view_stripeevent"):
         context["webhook_chart"] = mark_safe(_webhook_chart(now))  # noqa: S308
     return context

@@ -43,6 +43,8 @@ def capped(queryset: QuerySet[Any], cap: int = CAP) -> int:
 
 
 def _url(name: str, query: str = "") -> str | None:
+    if name == "runbooks":
+        return reverse("runbook", args=["webhooks"]) + "#signature-failures"
     try:
         return reverse(f"admin:{name}") + query
     except NoReverseMatch:
@@ -208,6 +210,31 @@ QUEUE: list[QueueRow] = [
         "",
     ),
 ]
+
+
+ACCEPTED_RECEIPTS = ("stored", "duplicate")
+
+
+def _refused_receipts(now: datetime) -> int:
+    from operations.metrics import webhook_receipts
+
+    return sum(n for result, n in webhook_receipts().items() if result not in ACCEPTED_RECEIPTS)
+
+
+QUEUE.append(
+    QueueRow(
+        "refused_webhooks",
+        "Refused Stripe webhook requests (bad signature, too old, …) since the web processes "
+        "started",
+        ("webhooks.replay_stripeevent",),
+        _refused_receipts,
+        "runbooks",
+        "",
+        severity="alert",
+        hint="Refused requests store nothing; after a secret rotation this is the only sign. "
+        "See the counts by result on /metrics.",
+    )
+)
 
 
 def queue_register(row: QueueRow) -> None:

@@ -120,6 +120,7 @@ def test_the_work_queue_shows_each_role_only_what_it_can_act_on(console_user) ->
         "windows_unbilled",
         "provider_outbox",
         "expired_locks",
+        "refused_webhooks",
     }
 
 
@@ -209,3 +210,31 @@ def test_recent_actions_come_from_the_audit_log_so_guarded_actions_show(console_
     html = _home(console_user("Finance"))
     recent = html[html.index('id="panel-recent"') :][:2000]
     assert "invoice.mark_paid" in recent and "wire received" in recent
+
+
+@pytest.mark.django_db
+def test_refused_webhooks_and_the_configured_secret_hints_show_on_the_operations_home(
+    console_user, settings
+) -> None:
+    import re
+
+    heartbeat_record(name="beat")
+    user = console_user("Operations")
+
+    def refused(html: str) -> int:
+        row = html[html.index('id="queue-refused_webhooks"') :]
+        return int(re.search(r'<td class="count">(\d+)</td>', row).group(1))
+
+    before = refused(_home(user))
+    response = Client().post(
+        "/webhooks/stripe",
+        data=b"{}",
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE="t=1,v1=deadbeef",
+    )
+    assert response.status_code == 400
+    html = _home(user)
+    assert refused(html) == before + 1
+    secret = settings.NERUBA["STRIPE_WEBHOOK_SECRETS"][0]
+    assert f"secret#1 …{secret[-4:]}" in html[html.index('id="webhook-secrets"') :][:400]
+    assert secret not in html
