@@ -15,6 +15,7 @@ from neruba.admin_actions import (
     GuardedAdminMixin,
     ReadOnlyAdminMixin,
     guarded_action,
+    quantity_column,
 )
 from neruba.admin_site import console
 from neruba.previews import Preview
@@ -43,12 +44,13 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "customer",
         "metric",
         "timestamp",
-        "value",
+        "value_shown",
         "distinct_value",
         "late",
         "source",
         "received_at",
     ]
+    value_shown = quantity_column("value", description="value")
     list_filter = ["late", "source", "metric"]
     # Exact match only: a LIKE over the whole table would scan it; the key is unique-indexed.
     search_fields = ["=idempotency_key"]

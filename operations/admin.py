@@ -74,6 +74,8 @@ class InputFilter(admin.ListFilter):
     lookup = ""
     input_type = "text"
     placeholder = ""
+    # Offered as you type (a <datalist>): the box still takes any value.
+    suggestions: Sequence[str] = ()
     template = "admin/neruba/input_filter.html"
 
     def __init__(
@@ -116,17 +118,46 @@ class InputFilter(admin.ListFilter):
             "other": self.other,
             "input_type": self.input_type,
             "placeholder": self.placeholder,
+            "suggestions": self.suggestions,
         }
 
 
 def input_filter(
-    title: str, parameter: str, lookup: str, placeholder: str = ""
+    title: str,
+    parameter: str,
+    lookup: str,
+    placeholder: str = "",
+    suggestions: Sequence[str] = (),
 ) -> type[InputFilter]:
     return type(
         f"{parameter.title().replace('_', '')}Filter",
         (InputFilter,),
-        {"title": title, "parameter_name": parameter, "lookup": lookup, "placeholder": placeholder},
+        {
+            "title": title,
+            "parameter_name": parameter,
+            "lookup": lookup,
+            "placeholder": placeholder,
+            "suggestions": tuple(suggestions),
+        },
     )
+
+
+# The actions the services audit, offered in the audit log's action filter (listing the
+# distinct values of a big table would scan it on every page).
+AUDIT_ACTIONS = sorted(
+    {
+        *(
+            "api_key.create api_key.revoke credit.grant credit.reverse customer.create "
+            "customer.stripe_link customer.update drift_finding.resolve export.csv "
+            "ingest_rejection.dismiss ingest_rejection.replay invoice.mark_paid "
+            "invoice.payment_status invoice.rerun lock.release metric.create note.add "
+            "plan.create stripe_event.dead stripe_event.replay subscription.create "
+            "subscription.end user.password_set user.create user.update group.create "
+            "group.update price.create price.update plan.update metric.update "
+            "dispute.record dispute.update refund.record refund.update"
+        ).split()
+    }
+)
 
 
 class _DateFilter(InputFilter):
@@ -593,7 +624,7 @@ class AuditLogAdmin(CsvExportMixin, neruba_admin.AuditEntryAdmin):
     list_filter = [
         input_filter("customer", "customer", "customer__external_id", "external id"),
         input_filter("actor", "actor", "actor_label", "username or api_key:prefix"),
-        input_filter("action", "action", "action", "e.g. credit.grant"),
+        input_filter("action", "action", "action", "e.g. credit.grant", AUDIT_ACTIONS),
         input_filter("reason code", "reason_code", "after__reason_code", "e.g. goodwill"),
         input_filter("record type", "target_type", "target_type", "e.g. billing.invoice"),
         input_filter("record id", "target_id", "target_id", "e.g. 42"),

@@ -249,7 +249,7 @@ def explain_key(*, idempotency_key: str) -> Explanation:
         "Customer and metric",
         OK,
         f"customer {event.customer.external_id}, metric {event.metric.code} "
-        f"({event.metric.aggregation}); value {event.value if event.value is not None else '—'}.",
+        f"({event.metric.aggregation}); value {quantity(event.value)}.",
         event.customer,
     )
     subscription = _subscription_at(event)
