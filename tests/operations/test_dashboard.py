@@ -78,6 +78,9 @@ def test_stacked_bars_scale_to_the_peak_and_escape_labels() -> None:
     )
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert "a&lt;b accepted: 2" in svg and "t&amp;t" in svg
+    # Time labels under the bars and the peak right-aligned against the axis (never clipped).
+    assert 'text-anchor="middle" fill="#555">a&lt;b</text>' in svg
+    assert 'text-anchor="end">4</text>' in svg
     # The tallest bar (4 + 0) fills the drawable height (100 - 16).
     assert 'height="84.0"' in svg
 
