@@ -108,3 +108,11 @@ def test_smoke_passes_against_a_gunicorn_server_on_postgresql_and_redis() -> Non
         report = smoke_run(base_url=base, emit=lines.append)
     assert report.ok, "\n".join(lines)
     assert report.target.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.django_db
+def test_in_process_smoke_does_not_repeat_its_own_expected_refusals_as_warnings(caplog) -> None:
+    heartbeat_record(name="beat")
+    with caplog.at_level("WARNING", logger="django.request"):
+        assert smoke_run(emit=lambda line: None).ok
+    assert not [r for r in caplog.records if r.name == "django.request"]
