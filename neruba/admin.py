@@ -4,10 +4,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from neruba import locks, services
 from neruba.admin_actions import (
@@ -82,8 +87,16 @@ class ApiKeyForm(forms.ModelForm):
         fields = ["name", "scopes", "expiry_date"]
 
 
+class _PrefixChangeList(ChangeList):
+    def url_for_result(self, result: ApiKey) -> str:
+        return reverse("admin:neruba_apikey_change", args=[result.prefix])
+
+
 @admin.register(ApiKey, site=console)
 class ApiKeyAdmin(ReasonRequiredAdminMixin, GuardedAdminMixin, admin.ModelAdmin):
+    """Keys are addressed by their visible prefix everywhere in the console: the primary key
+    (``prefix.<hash>``) embeds the stored hash, which no page, link or form field shows."""
+
     form = ApiKeyForm
     list_display = ["name", "prefix", "scopes", "created", "revoked", "expiry_date"]
     list_filter = ["revoked"]
@@ -100,6 +113,64 @@ class ApiKeyAdmin(ReasonRequiredAdminMixin, GuardedAdminMixin, admin.ModelAdmin)
             preview=lambda k: "already revoked" if k.revoked else f"key {k.prefix}… stops working",
         )
     ]
+
+    def public_pk(self, obj: ApiKey) -> str:
+        return obj.prefix
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _PrefixChangeList
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        if "." not in object_id:
+            return self.get_queryset(request).filter(prefix=object_id).first()
+        return super().get_object(request, object_id, from_field)
+
+    def action_checkbox(self, obj: ApiKey) -> str:
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" '
+            'aria-label="Select this object for an action - {}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            obj.prefix,
+            str(obj),
+        )
+
+    action_checkbox.short_description = mark_safe(  # type: ignore[attr-defined]
+        '<input type="checkbox" id="action-toggle" aria-label="Select all objects on this page '
+        'for an action">'
+    )
+
+    def response_action(self, request: HttpRequest, queryset: Any) -> Any:
+        # The checkboxes carry prefixes; the action runs on the keys they name.
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        if selected:
+            post = request.POST.copy()
+            by_prefix = dict(ApiKey.objects.filter(prefix__in=selected).values_list("prefix", "pk"))
+            post.setlist(helpers.ACTION_CHECKBOX_NAME, [str(by_prefix.get(v, v)) for v in selected])
+            request.POST = post  # type: ignore[misc]
+        return super().response_action(request, queryset)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        extra_context = dict(extra_context or {})
+        obj = self.get_object(request, object_id)
+        if obj is not None:
+            # History is the audit log, addressed by prefix (Django's own history URL would
+            # carry the primary key).
+            extra_context["audit_history_url"] = (
+                reverse("admin:neruba_auditentry_changelist")
+                + f"?target_type=neruba.apikey&target_id=prefix:{obj.prefix}"
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None) -> Any:
+        # Django's own message links the new record by primary key; name it by prefix.
+        self.message_user(request, f"The API key “{obj}” ({obj.prefix}…) was added.")
+        return HttpResponseRedirect(reverse("admin:neruba_apikey_changelist"))
 
     def _reason_wanted(self, request: HttpRequest, obj: Any) -> bool:
         # A key is never edited after creation (its page is read-only): only creation asks.

@@ -122,7 +122,7 @@ def guarded_action(
             "count": len(objects),
             "capped": MAX_OBJECTS if capped else 0,
             "action_name": name,
-            "selected": [str(o.pk) for o in objects],
+            "selected": [getattr(modeladmin, "public_pk", lambda o: str(o.pk))(o) for o in objects],
             "reason": reason,
             "reason_missing": reason_missing,
             "form": bound,
