@@ -99,7 +99,12 @@ def guarded_action(
                     else:
                         outcome.done += 1
                 level = messages.ERROR if outcome.failed else messages.SUCCESS
-                modeladmin.message_user(request, outcome.summary(label), level)
+                summary = outcome.summary(label)
+                # What the form understood (e.g. "amount $15.00"), so a typo shows at once.
+                echo = getattr(bound, "confirmation_note", None)
+                if callable(echo) and echo():
+                    summary += f" ({echo()})"
+                modeladmin.message_user(request, summary, level)
                 return None
             reason_missing = not reason
         rows = []

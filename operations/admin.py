@@ -270,6 +270,12 @@ class _AmountForm(forms.Form):
     def currency_of(self, obj: Any) -> str:
         return obj.currency
 
+    def confirmation_note(self) -> str:
+        amount = (getattr(self, "cleaned_data", None) or {}).get("amount")
+        if amount is None or len(self.currencies) != 1:
+            return ""
+        return f"amount {money(amount, self.currencies[0])}"
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         if len(self.currencies) != 1:

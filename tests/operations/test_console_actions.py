@@ -42,7 +42,7 @@ def test_finance_issues_a_credit_from_the_customer_page_with_a_reason_and_it_is_
         url, {"confirm": "yes", "amount": "15.00", "reason_code": "goodwill", "reason": "outage"}
     )
     assert response.status_code == 302
-    assert "Issue a credit: 1 done, 0 skipped, 0 failed." in _messages(response)
+    assert "Issue a credit: 1 done, 0 skipped, 0 failed. (amount $15.00)" in _messages(response)
     entry = CreditEntry.objects.get()
     assert (entry.amount, entry.currency, entry.reason_code) == (1500, "USD", "goodwill")
     audit = AuditEntry.objects.get(action="credit.grant")
