@@ -38,7 +38,15 @@ import webhooks.admin as webhooks_admin
 from billing import services as billing_services
 from billing.drift import finding_resolve
 from billing.ledger import credit_grant
-from billing.models import BillingRun, BillingWindow, CreditEntry, DriftFinding, Invoice, ReasonCode
+from billing.models import (
+    BillingRun,
+    BillingWindow,
+    CreditEntry,
+    Dispute,
+    DriftFinding,
+    Invoice,
+    ReasonCode,
+)
 from billing.selectors import credit_balances
 from ingest.models import IngestRejection, UsageEvent
 from neruba import audit
@@ -55,7 +63,7 @@ from neruba.money import major_str, money
 from neruba.previews import Preview
 from operations import exports
 from operations.hub import customer_hub, notes_for
-from operations.stories import invoice_story, run_story, timeline, window_story
+from operations.stories import dispute_story, invoice_story, run_story, timeline, window_story
 from operations.support_messages import messages_for_customer, messages_for_invoice
 from webhooks.handlers import HANDLERS
 from webhooks.models import StripeEvent
@@ -725,6 +733,16 @@ class BillingWindowConsoleAdmin(ConsolePageMixin, billing_admin.BillingWindowAdm
         return context
 
 
+class DisputeConsoleAdmin(ConsolePageMixin, billing_admin.DisputeAdmin):
+    notes = False
+
+    def console_context(self, request: HttpRequest, obj: Dispute) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["story"] = dispute_story(dispute=obj)
+        context["story_template"] = "operations/_dispute_story.html"
+        return context
+
+
 class DriftFindingConsoleAdmin(
     ConsolePageMixin, GuardedAdminMixin, billing_admin.DriftFindingAdmin
 ):
@@ -811,6 +829,7 @@ for model, model_admin in (
     (DriftFinding, DriftFindingConsoleAdmin),
     (BillingRun, BillingRunConsoleAdmin),
     (BillingWindow, BillingWindowConsoleAdmin),
+    (Dispute, DisputeConsoleAdmin),
 ):
     if console.is_registered(model):
         console.unregister(model)

@@ -148,3 +148,28 @@ def window_story(*, window: BillingWindow) -> dict[str, Any]:
         "findings": list(DriftFinding.objects.filter(window=window).order_by("-id")[:20]),
         "timeline": timeline(obj=window),
     }
+
+
+def dispute_story(*, dispute: Dispute) -> dict[str, Any]:
+    """A dispute's Stripe events (created, updated, closed) and the evidence deadline they
+    carry (``evidence_details.due_by``)."""
+    from datetime import UTC, datetime
+
+    events = list(
+        StripeEvent.objects.filter(object_id=dispute.stripe_dispute_id).order_by("created", "id")[
+            :LIMIT
+        ]
+    )
+    due = None
+    for event in reversed(events):
+        obj = ((event.payload or {}).get("data") or {}).get("object") or {}
+        stamp = (obj.get("evidence_details") or {}).get("due_by")
+        if stamp:
+            due = datetime.fromtimestamp(int(stamp), tz=UTC)
+            break
+    return {
+        "stripe_events": events,
+        "evidence_due": due,
+        "amount": money(dispute.amount, dispute.currency),
+        "timeline": timeline(obj=dispute),
+    }

@@ -313,9 +313,14 @@ def test_drill_e_finance_sees_a_lost_dispute_on_the_invoice_with_the_right_money
         )
     login(page, "Finance", loads)
     page.fill("#console-search input[name=q]", "dp_drill_e")
-    page.click("#console-search input[type=submit]")  # 1: one hit opens the dispute
+    page.click("#console-search input[type=submit]")  # 1: the dispute and its events
+    page.click(".search-group:has-text('Refunds and disputes') a")  # 2
+    assert money(invoice.total, "USD") in page.inner_text("#dispute-summary")
+    assert invoice.number in page.inner_text("#dispute-summary")
+    events = page.inner_text("#dispute-stripe-events")
+    assert "evt_drill_e_0" in events and "evt_drill_e_1" in events
     shot(page, "e1-finance-dispute")
-    page.goto(f"/admin/billing/invoice/{invoice.pk}/change/")  # 2
+    page.click("#dispute-summary a:has-text('NER-')")  # 3
     story = page.inner_text("#invoice-refunds-disputes")
     assert "dp_drill_e" in story and "lost" in story
     assert money(invoice.total, "USD") in story
