@@ -25,6 +25,7 @@ from billing.models import (
     Dispute,
     DriftFinding,
     Invoice,
+    PaymentFinding,
     ProviderSync,
     Subscription,
 )
@@ -156,11 +157,20 @@ QUEUE: list[QueueRow] = [
     ),
     QueueRow(
         "payment_findings",
-        "Open payment findings: settle at the provider, then ignore",
+        "Open reconciliation findings (Stripe disagrees): settle there, then ignore",
         ("billing.resolve_driftfinding",),
         lambda now: capped(DriftFinding.objects.filter(status="open", kind="payment")),
         "billing_driftfinding_changelist",
         "?status__exact=open&kind__exact=payment",
+    ),
+    QueueRow(
+        "over_returned_charges",
+        "Open payment findings: charges that returned more than they collected",
+        ("billing.resolve_paymentfinding",),
+        lambda now: capped(PaymentFinding.objects.filter(status="open")),
+        "billing_paymentfinding_changelist",
+        "?status__exact=open",
+        severity="alert",
     ),
     QueueRow(
         "awaiting_payment",

@@ -114,6 +114,7 @@ def test_the_work_queue_shows_each_role_only_what_it_can_act_on(console_user) ->
     assert _queue_keys(_home(console_user("Finance"))) == {
         "usage_findings",
         "payment_findings",
+        "over_returned_charges",
         "awaiting_payment",
         "open_disputes",
     }
@@ -241,3 +242,23 @@ def test_refused_webhooks_and_the_configured_secret_hints_show_on_the_operations
     secret = settings.NERUBA["STRIPE_WEBHOOK_SECRETS"][0]
     assert f"secret#1 …{secret[-4:]}" in html[html.index('id="webhook-secrets"') :][:400]
     assert secret not in html
+
+
+@pytest.mark.django_db
+def test_open_payment_findings_are_a_backlog_row_for_finance(console_user) -> None:
+    from billing.models import PaymentCharge, PaymentFinding
+
+    charge = PaymentCharge.objects.create(charge_id="ch_home", currency="USD")
+    PaymentFinding.objects.create(
+        charge=charge,
+        currency="USD",
+        collected=1900,
+        refunded=1900,
+        disputed=1900,
+        returned=3800,
+        detail="charge ch_home returned 38.00 of 19.00 USD: refunded and lost in dispute",
+    )
+    html = _home(console_user("Finance"))
+    row = html[html.index("Open payment findings") :]
+    assert '<td class="count">1</td>' in row[:300]
+    assert "/admin/billing/paymentfinding/?status__exact=open" in html

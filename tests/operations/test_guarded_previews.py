@@ -12,7 +12,7 @@ import time_machine
 from django.test import Client
 from django.utils import timezone
 
-from billing.models import BillingWindow, DriftFinding, Invoice
+from billing.models import BillingWindow, DriftFinding, Invoice, PaymentCharge, PaymentFinding
 from ingest.models import IngestRejection
 from neruba import locks
 from neruba import services as kernel_services
@@ -54,7 +54,18 @@ def records(catalog: dict[str, Any]) -> dict[type, Any]:
     )
     kernel_services.api_key_create(name="preview", scopes=["read"], actor=None)
     locks.lock_acquire(name="billing-scan", holder="gone", ttl=timedelta(seconds=-1))
+    charge = PaymentCharge.objects.create(charge_id="ch_preview", currency="USD")
+    PaymentFinding.objects.create(
+        charge=charge,
+        currency="USD",
+        collected=1900,
+        refunded=1900,
+        disputed=1900,
+        returned=3800,
+        detail="charge ch_preview returned $38.00 of $19.00: refunded and lost in dispute",
+    )
     return {
+        PaymentFinding: PaymentFinding.objects.get(),
         Customer: catalog["customer"],
         Invoice: invoice,
         BillingWindow: window,
@@ -96,6 +107,7 @@ def test_every_guarded_action_is_covered_by_this_test() -> None:
         "replay_events",
         "revoke_keys",
         "release_locks",
+        "close_payment_findings",
     }
 
 
