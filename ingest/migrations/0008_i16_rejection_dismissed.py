@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ingest", "0006_event_fillfactor_reset"),
+        ("ingest", "0007_i19_rejection_surface"),
     ]
 
     operations = [
