@@ -485,9 +485,20 @@ class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.Us
         "metric",
         input_filter("customer", "customer", "customer__external_id", "external id"),
     ]
-    exact_search_fields = ["idempotency_key"]
-    prefix_search_fields = ["idempotency_key"]
+    # None here: the events table has no key index (partitioned on PostgreSQL); keys are
+    # looked up in the key registry (exact or by prefix) in get_search_results.
+    exact_search_fields = ()
     search_help_text = "Idempotency key or its start (case-sensitive)."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageEvent], search_term: str
+    ) -> tuple[QuerySet[UsageEvent], bool]:
+        from operations.search import events_by_key_prefix
+
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(events_by_key_prefix(term, limit=100)), False
 
     def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
         context = super().console_context(request, obj)

@@ -18,7 +18,7 @@ from django.db.models import Model, Q, QuerySet
 from django.urls import NoReverseMatch, reverse
 
 from billing.models import Dispute, Invoice, InvoiceCounter, Refund
-from ingest.models import IngestRejection, UsageEvent
+from ingest.models import EventKey, IngestRejection, UsageEvent
 from neruba.models import Customer
 from neruba.money import money
 from webhooks.models import StripeEvent
@@ -63,6 +63,23 @@ def _url(obj: Model) -> str:
 def _take(queryset: QuerySet[Any]) -> tuple[list[Any], bool]:
     rows = list(queryset[: LIMIT + 1])
     return rows[:LIMIT], len(rows) > LIMIT
+
+
+def events_by_key_prefix(q: str, *, limit: int = LIMIT + 1) -> Q:
+    """The events whose idempotency key starts with ``q``: the key registry (its primary key
+    is the key) answers the prefix by index, and each event is then read by id and timestamp,
+    which names its one partition on PostgreSQL."""
+    keys = list(
+        EventKey.objects.filter(prefix_filter("idempotency_key", q))
+        .order_by("idempotency_key")
+        .values_list("event_id", "timestamp")[:limit]
+    )
+    if not keys:
+        return Q(pk__in=[])
+    match = Q()
+    for event_id, timestamp in keys:
+        match |= Q(pk=event_id, timestamp=timestamp)
+    return match
 
 
 def _invoice_numbers(q: str) -> Q:
@@ -130,7 +147,7 @@ def console_search(*, q: str, user: Any) -> list[Group]:
 
     if user.has_perm("ingest.view_usageevent"):
         rows, more = _take(
-            UsageEvent.objects.filter(prefix_filter("idempotency_key", q))
+            UsageEvent.objects.filter(events_by_key_prefix(q))
             .select_related("customer", "metric")
             .order_by("idempotency_key")
         )

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ingest", "0007_i19_rejection_surface"),
+        ("ingest", "0008_i18_partitioned_events"),
     ]
 
     operations = [
