@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("billing", "0006_i12_reverse_cash_credits"),
+        ("billing", "0007_i19_subscription_external_id"),
     ]
 
     operations = [

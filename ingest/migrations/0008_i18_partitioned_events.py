@@ -225,7 +225,7 @@ def unpartition_events(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ingest", "0006_event_fillfactor_reset"),
+        ("ingest", "0007_i19_rejection_surface"),
     ]
 
     operations = [

@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ("operations", "0004_i12_roles_payment_findings"),
-        ("billing", "0007_i18_billing_shards"),
+        ("billing", "0008_i18_billing_shards"),
     ]
 
     operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]
