@@ -5,9 +5,10 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from billing import payments, services
 from billing.models import (
@@ -31,11 +32,16 @@ from neruba.admin_actions import (
     AuditedAdminMixin,
     GuardedAdminMixin,
     ReadOnlyAdminMixin,
+    ReasonRequiredAdminMixin,
     guarded_action,
+    money_column,
+    quantity_column,
 )
 from neruba.admin_site import console
 from neruba.errors import NerubaError
-from neruba.money import money
+from neruba.money import MoneyInputError, major_str, money, parse_major
+from neruba.previews import Preview
+from neruba.widgets import CustomerByExternalIdField
 
 # Reason codes a person may grant credit for (never a Stripe refund or dispute: those are cash).
 GRANTABLE_CHOICES = [(c.value, c.label) for c in GRANTABLE]
@@ -49,7 +55,6 @@ def cash_story(invoice: Invoice) -> str:
         f"charged {money(invoice.total, cur)}, paid {money(invoice.amount_paid, cur)}, "
         f"refunded {money(invoice.amount_refunded, cur)}, lost in disputes "
         f"{money(invoice.amount_disputed, cur)}, collected {money(invoice.amount_collected, cur)}"
-        f" {cur}"
     )
 
 
@@ -59,20 +64,77 @@ class PriceInline(admin.TabularInline):
     raw_id_fields = ["metric"]
 
 
+class PlanForm(forms.ModelForm):
+    """The base fee typed in major units of the plan's currency (499.00, not 49900)."""
+
+    base_amount = forms.CharField(
+        max_length=30,
+        help_text="Base fee per window in major units, e.g. 499.00 (JPY: no decimals).",
+    )
+
+    class Meta:
+        model = Plan
+        fields = ["code", "name", "currency", "interval", "base_amount"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None and not self.is_bound:
+            self.initial["base_amount"] = major_str(
+                self.instance.base_amount, self.instance.currency
+            )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        raw = data.get("base_amount")
+        if raw in (None, ""):
+            return data
+        try:
+            data["base_amount"] = parse_major(raw, data.get("currency") or "USD")
+        except MoneyInputError as exc:
+            self.add_error("base_amount", str(exc))
+        return data
+
+
 @admin.register(Plan, site=console)
 class PlanAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    list_display = ["code", "name", "currency", "interval", "base_amount"]
+    form = PlanForm
+    list_display = ["code", "name", "currency", "interval", "base_amount_money"]
+    base_amount_money = money_column("base_amount", description="base fee")
     list_filter = ["interval", "currency"]
     search_fields = ["code", "name"]
     inlines = [PriceInline]
 
 
+class PlanChoiceField(forms.ModelChoiceField):
+    """Plans by code with what a person picks on: currency, interval and base fee."""
+
+    def label_from_instance(self, obj: Plan) -> str:
+        return (
+            f"{obj.code} — {obj.name} ({obj.currency}, per {obj.interval}, base fee "
+            f"{money(obj.base_amount, obj.currency)})"
+        )
+
+
 class SubscriptionForm(forms.ModelForm):
     """Checks the same rules as the API (currency, no overlap) before anything is saved."""
+
+    customer = CustomerByExternalIdField()
+    plan = PlanChoiceField(queryset=Plan.objects.order_by("code"))
 
     class Meta:
         model = Subscription
         fields = ["customer", "plan", "started_at", "ended_at", "external_id"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk is not None:
+            # Read-only once created (see SubscriptionAdmin); declared fields are not dropped
+            # by the admin's exclude, so they go here.
+            for name in ("customer", "plan"):
+                self.fields.pop(name, None)
+        for name in ("started_at", "ended_at"):
+            if name in self.fields:
+                self.fields[name].help_text = "UTC (e.g. 2026-11-24 and 00:00:00)."
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -99,7 +161,7 @@ class SubscriptionForm(forms.ModelForm):
 
 
 @admin.register(Subscription, site=console)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(ReasonRequiredAdminMixin, admin.ModelAdmin):
     """Created through subscription_create; afterwards only the end can change (its windows
     and invoices depend on the customer, plan and start). Both paths are audited."""
 
@@ -107,7 +169,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_display = ["customer", "plan", "external_id", "started_at", "ended_at"]
     list_filter = ["plan"]
     list_select_related = ["customer", "plan"]
-    raw_id_fields = ["customer"]
     search_fields = ["customer__external_id", "customer__name", "=external_id"]
     show_full_result_count = False
 
@@ -119,7 +180,10 @@ class SubscriptionAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
         if change:
             services.subscription_end(
-                subscription=obj, ended_at=obj.ended_at, actor=request.user, reason="console edit"
+                subscription=obj,
+                ended_at=obj.ended_at,
+                actor=request.user,
+                reason=self.change_reason(form),
             )
             return
         created = services.subscription_create(
@@ -129,6 +193,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
             ended_at=obj.ended_at,
             external_id=obj.external_id,
             actor=request.user,
+            reason=self.change_reason(form),
         )
         obj.pk = created.pk
 
@@ -153,9 +218,9 @@ def _rerun(obj: Invoice | BillingWindow, actor: Any, reason: str) -> str | None:
     return None if result.applied else "skipped"
 
 
-def _rerun_preview(obj: Invoice | BillingWindow) -> str:
+def _rerun_preview(obj: Invoice | BillingWindow) -> Preview:
     kwargs: dict[str, Any] = {"invoice": obj} if isinstance(obj, Invoice) else {"window": obj}
-    return services.invoice_rerun(actor=None, reason="", dry_run=True, **kwargs).render()
+    return services.invoice_rerun(actor=None, reason="", dry_run=True, **kwargs).to_preview()
 
 
 RERUN_EXPLANATION = (
@@ -191,7 +256,11 @@ mark_paid = guarded_action(
     perform=lambda inv, actor, reason: (
         services.invoice_mark_paid(invoice=inv, actor=actor, reason=reason) and None
     ),
-    preview=lambda inv: f"{inv.number}: {inv.status} -> paid ({inv.total} {inv.currency})",
+    preview=lambda inv: Preview(
+        summary=f"{inv.number} is recorded as paid.",
+        changes=[("status", inv.status, "paid")],
+        facts=[("total", money(inv.total, inv.currency)), ("customer", inv.customer.external_id)],
+    ),
     eligible=lambda inv: inv.status in services.UNPAID,
     explanation="Records a payment received outside the payment provider.",
 )
@@ -201,8 +270,11 @@ class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
     can_delete = False
-    fields = ["metric", "description", "quantity", "unit_amount", "amount"]
+    fields = ["metric", "description", "quantity_shown", "unit_amount_shown", "amount_money"]
     readonly_fields = fields
+    quantity_shown = quantity_column("quantity", description="quantity")
+    unit_amount_shown = quantity_column("unit_amount", description="unit price (minor units)")
+    amount_money = money_column("amount", currency="invoice__currency", description="amount")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -217,8 +289,9 @@ class CreditAppliedInline(admin.TabularInline):
     extra = 0
     can_delete = False
     verbose_name_plural = "credit entries (applied, given back, corrections)"
-    fields = ["kind", "amount", "currency", "reason_code", "note", "created_at"]
+    fields = ["kind", "amount_money", "reason_code", "note", "created_at"]
     readonly_fields = fields
+    amount_money = money_column("amount", description="amount")
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -246,7 +319,7 @@ class RefundInline(_ReadOnlyInline):
 
     @admin.display(description="amount")
     def amount_shown(self, obj: Refund) -> str:
-        return f"{money(obj.amount, obj.currency)} {obj.currency}"
+        return money(obj.amount, obj.currency)
 
 
 class DisputeInline(_ReadOnlyInline):
@@ -257,7 +330,7 @@ class DisputeInline(_ReadOnlyInline):
 
     @admin.display(description="amount")
     def amount_shown(self, obj: Dispute) -> str:
-        return f"{money(obj.amount, obj.currency)} {obj.currency}"
+        return money(obj.amount, obj.currency)
 
 
 class PaymentFindingInline(_ReadOnlyInline):
@@ -276,9 +349,8 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "kind",
         "period_start",
         "period_end",
-        "total",
-        "amount_collected",
-        "currency",
+        "total_money",
+        "collected_money",
         "issued_at",
     ]
     list_filter = ["status", "kind", "currency", "provider"]
@@ -301,9 +373,9 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "currency",
         "period_start",
         "period_end",
-        "subtotal",
-        "credits_applied",
-        "total",
+        "subtotal_money",
+        "credits_applied_money",
+        "total_money",
         "cash",
         "window_link",
         "run_link",
@@ -319,6 +391,10 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     fields = readonly_fields
     actions = [rerun_invoices, mark_paid]
     object_actions = ["rerun_invoices", "mark_paid"]
+    subtotal_money = money_column("subtotal", description="subtotal")
+    credits_applied_money = money_column("credits_applied", description="credits applied")
+    total_money = money_column("total", description="total")
+    collected_money = money_column("amount_collected", description="collected")
 
     @admin.display(description="cash story")
     def cash(self, obj: Invoice) -> str:
@@ -400,18 +476,69 @@ class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "failed",
         "dry_run",
     ]
-    list_filter = ["status", "trigger", "dry_run"]
+    list_filter = ["dry_run", "status", "trigger"]
+    exclude = ["invoiced_amount"]
+    readonly_fields = ["amounts"]
+
+    @admin.display(description="invoiced amount")
+    def amounts(self, obj: BillingRun) -> str:
+        # The stored sum adds every currency together: shown per currency from the invoices.
+        if obj.dry_run:
+            return (
+                "a dry run writes no invoices: see the counts (amounts are not split by currency)"
+            )
+        totals = obj.invoices.order_by().values("currency").annotate(total=models.Sum("total"))
+        return ", ".join(money(t["total"], t["currency"]) for t in totals) or "—"
+
+    def get_list_display(self, request: HttpRequest) -> list[str]:
+        return [*self.list_display[:1], "dry_run_badge", *self.list_display[1:-1]]
+
+    @admin.display(description="")
+    def dry_run_badge(self, obj: BillingRun) -> str:
+        return format_html('<span class="dry-run-badge">DRY RUN</span>') if obj.dry_run else ""
+
     list_select_related = ["actor"]
     raw_id_fields = ["actor"]
     show_full_result_count = False
 
 
-class CreditIssueForm(forms.ModelForm):
-    """Issuing a credit: the only way a finance user adds a ledger entry."""
+class MajorAmountField(forms.CharField):
+    """An amount typed the way people write it, in major units ("15", "15.00", "1,500.50").
+    The form turns it into minor units once it knows the currency (``minor_amount``)."""
 
-    amount = forms.IntegerField(min_value=1, help_text="Minor units (cents).")
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("help_text", "In major units, e.g. 15.00 for $15.00 (JPY: no decimals).")
+        kwargs.setdefault("max_length", 30)
+        super().__init__(**kwargs)
+
+
+def minor_amount(form: forms.Form, field: str, currency: str) -> int | None:
+    """The typed major-unit ``field`` as positive minor units of ``currency``; a bad amount
+    becomes an error next to the field."""
+    raw = form.cleaned_data.get(field)
+    if raw in (None, ""):
+        return None
+    try:
+        value = parse_major(raw, currency)
+    except MoneyInputError as exc:
+        form.add_error(field, str(exc))
+        return None
+    if value <= 0:
+        form.add_error(field, "The amount must be positive.")
+        return None
+    return value
+
+
+class CreditIssueForm(forms.ModelForm):
+    """Issuing a credit: the only way a finance user adds a ledger entry. Credits are in the
+    customer's currency: a credit in another currency could never be consumed."""
+
+    customer = CustomerByExternalIdField()
+    amount = MajorAmountField()
     currency = forms.RegexField(
-        r"^[A-Za-z]{3}$", required=False, help_text="Default: the customer's currency."
+        r"^[A-Za-z]{3}$",
+        required=False,
+        help_text="Default and only choice: the customer's currency.",
     )
     reason_code = forms.ChoiceField(
         choices=GRANTABLE_CHOICES,
@@ -426,13 +553,19 @@ class CreditIssueForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        customer, currency = data.get("customer"), (data.get("currency") or "").upper()
-        if customer is not None and currency and currency != customer.currency.upper():
+        customer = data.get("customer")
+        if customer is None:
+            return data
+        currency = (data.get("currency") or customer.currency).upper()
+        if currency != customer.currency.upper():
             self.add_error(
                 "currency",
                 f"A credit must be in the customer's currency ({customer.currency.upper()}), "
                 f"not {currency}.",
             )
+            return data
+        data["currency"] = currency
+        data["amount"] = minor_amount(self, "amount", currency)
         return data
 
 
@@ -442,12 +575,12 @@ class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "id",
         "customer",
         "kind",
-        "amount_shown",
-        "currency",
+        "amount_money",
         "reason_code",
         "invoice",
         "created_at",
     ]
+    amount_money = money_column("amount", description="amount")
     list_filter = ["kind", "reason_code", "currency"]
     list_select_related = ["customer", "invoice"]
     raw_id_fields = ["customer", "invoice", "reverses", "actor"]
@@ -461,6 +594,25 @@ class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.has_perm("billing.issue_credit")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        if obj is None:
+            return super().get_fields(request, obj)
+        return [
+            "customer",
+            "kind",
+            "amount_money",
+            "reason_code",
+            "invoice",
+            "reverses",
+            "actor",
+            "note",
+            "source_key",
+            "created_at",
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.get_fields(request, obj) if obj is not None else []
 
     def get_form(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> Any:
         if obj is None:
@@ -503,10 +655,13 @@ class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "charge_id",
         "invoice",
         "customer",
-        "amount",
-        "currency",
+        "amount_money",
         "status",
     ]
+    # The detail page shows the amount through the formatter, never raw minor units.
+    exclude = ["amount"]
+    readonly_fields = ["amount_money"]
+    amount_money = money_column("amount", description="amount")
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]
     raw_id_fields = ["invoice", "customer"]
@@ -521,10 +676,13 @@ class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "charge_id",
         "invoice",
         "customer",
-        "amount",
-        "currency",
+        "amount_money",
         "status",
     ]
+    # The detail page shows the amount through the formatter, never raw minor units.
+    exclude = ["amount"]
+    readonly_fields = ["amount_money"]
+    amount_money = money_column("amount", description="amount")
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]
     raw_id_fields = ["invoice", "customer"]
@@ -534,11 +692,84 @@ class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(DriftFinding, site=console)
 class DriftFindingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "kind", "window", "metric", "delta_amount", "status", "created_at"]
+    list_display = [
+        "id",
+        "kind",
+        "customer_shown",
+        "invoice_link",
+        "metric",
+        "delta_shown",
+        "detail_short",
+        "status",
+        "created_at",
+    ]
     list_filter = ["status", "kind"]
-    list_select_related = ["window", "metric"]
+    list_select_related = [
+        "window__subscription__customer",
+        "window__subscription__plan",
+        "metric",
+        "invoice",
+    ]
     raw_id_fields = ["window", "metric", "invoice", "resolved_by"]
+    search_fields = ["=window__subscription__customer__external_id", "=invoice__number"]
+    search_help_text = "Exact customer external id or invoice number."
     show_full_result_count = False
+    fields = [
+        "title",
+        "kind",
+        "status",
+        "customer_shown",
+        "window",
+        "invoice_link",
+        "metric",
+        "invoiced_quantity_shown",
+        "actual_quantity_shown",
+        "delta_shown",
+        "detail",
+        "resolution",
+        "resolved_by",
+        "resolved_at",
+        "resolution_reason",
+        "superseding",
+        "created_at",
+    ]
+    readonly_fields = fields
+    invoiced_quantity_shown = quantity_column("invoiced_quantity", description="invoiced quantity")
+    actual_quantity_shown = quantity_column("actual_quantity", description="actual quantity")
+
+    @admin.display(description="finding")
+    def title(self, obj: DriftFinding) -> str:
+        from billing.drift import finding_title
+
+        return finding_title(obj)
+
+    @admin.display(description="customer")
+    def customer_shown(self, obj: DriftFinding) -> str:
+        return _link(obj.window.subscription.customer, obj.window.subscription.customer.external_id)
+
+    @admin.display(description="invoice")
+    def invoice_link(self, obj: DriftFinding) -> str:
+        return _link(obj.invoice, obj.invoice.number) if obj.invoice_id else "—"
+
+    @admin.display(description="delta", ordering="delta_amount")
+    def delta_shown(self, obj: DriftFinding) -> str:
+        if obj.kind == "payment":
+            return "—"
+        currency = obj.invoice.currency if obj.invoice_id else obj.window.subscription.plan.currency
+        return money(obj.delta_amount, currency, signed=True)
+
+    @admin.display(description="detail")
+    def detail_short(self, obj: DriftFinding) -> str:
+        return (obj.detail[:90] + "…") if len(obj.detail) > 90 else obj.detail
+
+    @admin.display(description="invoices of the window now")
+    def superseding(self, obj: DriftFinding) -> str:
+        invoices = list(obj.window.invoices.order_by("issued_at", "id"))
+        if not invoices:
+            return "—"
+        return format_html_join(
+            ", ", "{} ({}, {})", ((_link(i, i.number), i.status, i.kind) for i in invoices)
+        )
 
 
 def _finding_close(finding: PaymentFinding, actor: Any, reason: str) -> str | None:
@@ -589,7 +820,7 @@ class PaymentFindingAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmi
     object_actions = ["close_payment_findings"]
 
     def _money(self, obj: PaymentFinding, amount: int) -> str:
-        return f"{money(amount, obj.currency)} {obj.currency}"
+        return money(amount, obj.currency)
 
     @admin.display(description="charge collected")
     def collected_shown(self, obj: PaymentFinding) -> str:

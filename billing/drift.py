@@ -61,6 +61,25 @@ WHERE e.late AND e.received_at >= %s
 """
 
 
+def finding_title(finding: DriftFinding) -> str:
+    """A finding as finance reads it: what drifted, where, and by how much money."""
+    from neruba.money import money
+
+    if finding.kind == PAYMENT:
+        number = finding.invoice.number if finding.invoice_id else "an invoice"
+        return f"Payment finding #{finding.pk} on {number}"
+    currency = (
+        finding.invoice.currency
+        if finding.invoice_id
+        else finding.window.subscription.plan.currency
+    )
+    metric = finding.metric.code if finding.metric_id else "base fee"
+    return (
+        f"Usage drift #{finding.pk}: {finding.window.subscription.customer.external_id}, "
+        f"{metric}, {money(finding.delta_amount, currency, signed=True)}"
+    )
+
+
 def _live_invoices() -> Any:
     return Invoice.objects.filter(kind=Invoice.Kind.REGULAR).exclude(status=Invoice.Status.VOID)
 
@@ -299,6 +318,25 @@ class Resolution:
     applied: bool
     rerun: RerunResult | None = None
     resolved: list[int] = field(default_factory=list)
+
+    def to_preview(self) -> Any:
+        from neruba.previews import Preview
+
+        if self.rerun is not None:
+            shown = self.rerun.to_preview()
+        else:
+            shown = Preview(
+                summary="The finding is closed as ignored: nothing is billed or credited."
+                if self.action == "ignore"
+                else self.action
+            )
+        shown.facts.insert(0, ("finding", finding_title(self.finding)))
+        shown.facts.insert(1, ("resolution", self.action))
+        if self.resolved:
+            shown.facts.append(("findings closed", ", ".join(f"#{n}" for n in self.resolved)))
+        if not self.applied:
+            shown.notes.append("Dry run: nothing is written until you confirm.")
+        return shown
 
     def render(self) -> str:
         head = (

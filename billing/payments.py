@@ -265,15 +265,14 @@ def _cash_words(invoice: Invoice) -> str:
     return (
         f"invoice {invoice.number}: paid {money(invoice.amount_paid, cur)}, refunded "
         f"{money(invoice.amount_refunded, cur)}, lost in disputes "
-        f"{money(invoice.amount_disputed, cur)}, collected {money(invoice.amount_collected, cur)} "
-        f"{cur}"
+        f"{money(invoice.amount_disputed, cur)}, collected {money(invoice.amount_collected, cur)}"
     )
 
 
 def over_return_detail(
     *, charge_id: str, collected: int, refunded: int, disputed: int, currency: str
 ) -> str:
-    """The finding's sentence: ``charge ch_… returned 38.00 of 19.00 USD: refunded and lost in
+    """The finding's sentence: ``charge ch_… returned $38.00 of $19.00: refunded and lost in
     dispute``."""
     if refunded and disputed:
         how = "refunded and lost in dispute"
@@ -283,7 +282,7 @@ def over_return_detail(
         how = "lost in disputes past the charge"
     return (
         f"charge {charge_id} returned {money(refunded + disputed, currency)} of "
-        f"{money(collected, currency)} {currency}: {how}"
+        f"{money(collected, currency)}: {how}"
     )
 
 
@@ -426,7 +425,7 @@ def _charge_settle(
     elif open_finding is not None:
         why = (
             f"back in step: charge {charge.charge_id} now returns {money(returned, currency)} of "
-            f"{money(collected, currency)} {currency}"
+            f"{money(collected, currency)}"
         )
         open_finding.status = PaymentFinding.Status.RESOLVED
         open_finding.resolution = PaymentFinding.Resolution.IN_STEP

@@ -147,6 +147,7 @@ def subscription_create(
     ended_at: datetime | None = None,
     external_id: str | None = None,
     actor: audit.Actor | ApiKey = None,
+    reason: str = "",
 ) -> Subscription:
     """``external_id`` (optional, unique) is the client's own id for the subscription: usage
     sent through the Lago-compatible surface names it as ``external_subscription_id``."""
@@ -171,6 +172,7 @@ def subscription_create(
                 action="subscription.create",
                 target=subscription,
                 customer=customer,
+                reason=reason,
                 after={
                     "plan": plan.code,
                     "started_at": started_at,
@@ -953,6 +955,88 @@ class RerunResult:
             "applied": self.applied,
             "created": self.created,
         }
+
+    ACTION_WORDS = {
+        "supersede": "The unpaid invoice is voided and a new invoice supersedes it",
+        "credit": "The paid invoice stands; the over-billed difference is credited",
+        "supplementary": "The paid invoice stands; a supplementary invoice bills the difference",
+        "invoice": "The window was never billed; an invoice is issued",
+        "none": "Nothing changes: the window prices the same",
+    }
+
+    @property
+    def currency(self) -> str:
+        if self.invoice is not None:
+            return self.invoice.currency
+        return self.window.subscription.plan.currency
+
+    def to_preview(self) -> Any:
+        """The confirmation page's tables: each line before -> after, the subtotal, what is
+        voided or issued. Amounts through the one money formatter."""
+        from neruba.money import money, quantity
+        from neruba.previews import Preview, PreviewTable
+
+        cur = self.currency
+        old = {line["description"]: line for line in self.old_lines}
+        new = {line["description"]: line for line in self.new_lines}
+        rows = []
+        for key in list(dict.fromkeys([*old, *new])):
+            a, b = old.get(key), new.get(key)
+            delta = (b["amount"] if b else 0) - (a["amount"] if a else 0)
+            rows.append(
+                [
+                    key,
+                    quantity(a["quantity"]) if a else "—",
+                    quantity(b["quantity"]) if b else "—",
+                    money(a["amount"], cur) if a else "—",
+                    money(b["amount"], cur) if b else "—",
+                    money(delta, cur, signed=True),
+                ]
+            )
+        number = self.invoice.number if self.invoice else "—"
+        will = []
+        if self.action == "supersede":
+            will = [f"void {number}", "issue a new invoice that supersedes it"]
+        elif self.action == "credit":
+            will = [f"grant a correction credit of {money(-self.delta, cur)} linked to {number}"]
+        elif self.action == "supplementary":
+            will = [f"issue a supplementary invoice of {money(self.delta, cur)} for {number}"]
+        elif self.action == "invoice":
+            will = ["issue the window's invoice"]
+        if self.created:
+            will.append(f"created: {', '.join(self.created)}")
+        return Preview(
+            summary=f"{self.ACTION_WORDS.get(self.action, self.action)}"
+            f"{'' if self.applied else ' (dry run: nothing written yet)'}.",
+            facts=[
+                ("window", f"{self.window.pk} ({self.window})"),
+                ("invoice", number),
+                ("will", "; ".join(will) or "nothing"),
+            ],
+            tables=[
+                PreviewTable(
+                    caption="Invoice lines, now and after the rerun",
+                    headers=[
+                        "Line",
+                        "Qty now",
+                        "Qty after",
+                        "Amount now",
+                        "Amount after",
+                        "Change",
+                    ],
+                    rows=rows,
+                    footer=[
+                        "Subtotal",
+                        "",
+                        "",
+                        money(self.old_subtotal, cur),
+                        money(self.new_subtotal, cur),
+                        money(self.delta, cur, signed=True),
+                    ],
+                )
+            ],
+            tone="ok" if self.action != "none" else "warn",
+        )
 
     def render(self) -> str:
         rows = [

@@ -17,8 +17,10 @@ from neruba.admin_actions import (
     GuardedAdminMixin,
     ReadOnlyAdminMixin,
     guarded_action,
+    quantity_column,
 )
 from neruba.admin_site import console
+from neruba.previews import Preview
 
 
 @admin.register(Metric, site=console)
@@ -44,12 +46,13 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "customer",
         "metric",
         "timestamp",
-        "value",
+        "value_shown",
         "distinct_value",
         "late",
         "source",
         "received_at",
     ]
+    value_shown = quantity_column("value", description="value")
     list_filter = ["late", "source", "metric"]
     # Exact match only, through the key registry (see get_search_results).
     search_fields = ["=idempotency_key"]
@@ -174,7 +177,30 @@ def _replay_preview(rejection: IngestRejection) -> str:
 
 
 def _replayable(rejection: IngestRejection) -> bool:
-    return rejection.status == IngestRejection.Status.OPEN and rejection.outcome == Outcome.FAILED
+    return (
+        rejection.status in (IngestRejection.Status.OPEN, IngestRejection.Status.DISMISSED)
+        and rejection.outcome == Outcome.FAILED
+    )
+
+
+def _dismiss(rejection: IngestRejection, actor: Any, reason: str) -> str | None:
+    return (
+        None
+        if services.rejection_dismiss(rejection=rejection, actor=actor, reason=reason)
+        else "skipped"
+    )
+
+
+def _dismiss_preview(rejection: IngestRejection) -> Preview:
+    replay = services.rejection_replay(rejection=rejection, actor=None, reason="", dry_run=True)
+    return Preview(
+        summary="The rejection is closed as dismissed; its raw payload is kept.",
+        changes=[("status", rejection.status, IngestRejection.Status.DISMISSED)],
+        facts=[
+            ("error", f"{rejection.error_code}: {rejection.error_message}"),
+            ("a replay now", replay.describe()),
+        ],
+    )
 
 
 @admin.register(IngestRejection, site=console)
@@ -206,8 +232,21 @@ class IngestRejectionAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdm
     raw_id_fields = ["batch", "original_event"]
     show_full_result_count = False
     paginator = CappedCountPaginator
-    object_actions = ["replay_rejections"]
+    object_actions = ["replay_rejections", "dismiss_rejections"]
     actions = [
+        guarded_action(
+            name="dismiss_rejections",
+            label="Dismiss (will not be replayed)",
+            permission="ingest.replay_ingestrejection",
+            perform=_dismiss,
+            preview=_dismiss_preview,
+            eligible=lambda r: r.status == IngestRejection.Status.OPEN,
+            explanation=(
+                "For rejections nobody will replay: a conflict whose original event stands, an "
+                "event too old to store, test traffic. The rejection leaves the open backlog; "
+                "nothing is deleted, and it can still be replayed from its page."
+            ),
+        ),
         guarded_action(
             name="replay_rejections",
             label="Replay",
@@ -221,5 +260,5 @@ class IngestRejectionAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdm
                 "fail stay open with their new error. Conflicts are not replayable: the "
                 "original event stands."
             ),
-        )
+        ),
     ]

@@ -209,6 +209,9 @@ class IngestRejection(models.Model):
     class Status(models.TextChoices):
         OPEN = "open"
         REPLAYED = "replayed"
+        # Closed by a person with a reason (a conflict whose original stands, a too-old event):
+        # kept, audited, and still replayable should the cause turn out fixable.
+        DISMISSED = "dismissed"
 
     batch = models.ForeignKey(
         IngestBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="rejections"

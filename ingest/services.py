@@ -979,7 +979,7 @@ def rejection_replay(
     reason = reason.strip()
     if not reason and not dry_run:
         raise ValidationFailed("A reason is required.", details={"reason": "required"})
-    if rejection.status != IngestRejection.Status.OPEN:
+    if rejection.status == IngestRejection.Status.REPLAYED:
         raise RejectionNotReplayable(
             "This rejection was already replayed.", details={"rejection_id": rejection.pk}
         )
@@ -989,7 +989,7 @@ def rejection_replay(
         # The row lock makes two operators replaying the same rejection take turns; the
         # second sees it replayed.
         locked = IngestRejection.objects.select_for_update().get(pk=rejection.pk)
-        if locked.status != IngestRejection.Status.OPEN:
+        if locked.status == IngestRejection.Status.REPLAYED:
             raise RejectionNotReplayable(
                 "This rejection was already replayed.", details={"rejection_id": locked.pk}
             )
@@ -1045,6 +1045,39 @@ def rejection_replay(
     REPLAYS.labels("ingest", outcome).inc()
     rejection.refresh_from_db()
     return ReplayResult(locked.pk, outcome, event_id, error, False)
+
+
+def rejection_dismiss(*, rejection: IngestRejection, actor: audit.Actor, reason: str) -> bool:
+    """Closes an open rejection that will not be replayed (a conflict whose original stands, a
+    too-old event, test traffic) so the backlog can reach zero. Nothing is deleted: the raw
+    payload stays and a replay is still possible. Audited with the reason in the same
+    transaction. Returns False when it was not open (nothing to do)."""
+    reason = reason.strip()
+    if not reason:
+        raise ValidationFailed("A reason is required.", details={"reason": "required"})
+    with transaction.atomic():
+        locked = IngestRejection.objects.select_for_update().get(pk=rejection.pk)
+        if locked.status != IngestRejection.Status.OPEN:
+            return False
+        locked.status = IngestRejection.Status.DISMISSED
+        locked.save(update_fields=["status"])
+        audit.record(
+            actor=actor,
+            action="ingest_rejection.dismiss",
+            target=locked,
+            reason=reason,
+            before={"status": IngestRejection.Status.OPEN},
+            after={
+                "status": locked.status,
+                "outcome": locked.outcome,
+                "error_code": locked.error_code,
+            },
+            customer=Customer.objects.filter(external_id=locked.customer_ref).first()
+            if locked.customer_ref
+            else None,
+        )
+    rejection.refresh_from_db()
+    return True
 
 
 # --- retention -------------------------------------------------------------------------------

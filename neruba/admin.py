@@ -4,13 +4,24 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from neruba import locks, services
-from neruba.admin_actions import GuardedAdminMixin, ReadOnlyAdminMixin, guarded_action
+from neruba.admin_actions import (
+    REASON_FIELD,
+    GuardedAdminMixin,
+    ReadOnlyAdminMixin,
+    ReasonRequiredAdminMixin,
+    guarded_action,
+)
 from neruba.admin_site import console
 from neruba.models import SCOPES, ApiKey, AuditEntry, Customer, SchedulerLock, SupportNote
 
@@ -20,7 +31,7 @@ console.register(Group, GroupAdmin)
 
 
 @admin.register(Customer, site=console)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(ReasonRequiredAdminMixin, admin.ModelAdmin):
     list_display = ["external_id", "name", "email", "currency", "stripe_customer_id", "created_at"]
     search_fields = ["external_id", "name", "email", "stripe_customer_id"]
     list_filter = ["currency"]
@@ -39,9 +50,9 @@ class CustomerAdmin(admin.ModelAdmin):
         if change:
             services.customer_update(
                 customer=obj,
-                changes={f: getattr(obj, f) for f in form.changed_data},
+                changes={f: getattr(obj, f) for f in form.changed_data if f != REASON_FIELD},
                 actor=request.user,
-                reason="edited in console",
+                reason=self.change_reason(form),
             )
         else:
             created = services.customer_create(
@@ -51,6 +62,7 @@ class CustomerAdmin(admin.ModelAdmin):
                 currency=obj.currency,
                 stripe_customer_id=obj.stripe_customer_id,
                 actor=request.user,
+                reason=self.change_reason(form),
             )
             obj.pk = created.pk
 
@@ -75,8 +87,16 @@ class ApiKeyForm(forms.ModelForm):
         fields = ["name", "scopes", "expiry_date"]
 
 
+class _PrefixChangeList(ChangeList):
+    def url_for_result(self, result: ApiKey) -> str:
+        return reverse("admin:neruba_apikey_change", args=[result.prefix])
+
+
 @admin.register(ApiKey, site=console)
-class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
+class ApiKeyAdmin(ReasonRequiredAdminMixin, GuardedAdminMixin, admin.ModelAdmin):
+    """Keys are addressed by their visible prefix everywhere in the console: the primary key
+    (``prefix.<hash>``) embeds the stored hash, which no page, link or form field shows."""
+
     form = ApiKeyForm
     list_display = ["name", "prefix", "scopes", "created", "revoked", "expiry_date"]
     list_filter = ["revoked"]
@@ -94,6 +114,68 @@ class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
         )
     ]
 
+    def public_pk(self, obj: ApiKey) -> str:
+        return obj.prefix
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return _PrefixChangeList
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: Any = None) -> Any:
+        if "." not in object_id:
+            return self.get_queryset(request).filter(prefix=object_id).first()
+        return super().get_object(request, object_id, from_field)
+
+    def action_checkbox(self, obj: ApiKey) -> str:
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" '
+            'aria-label="Select this object for an action - {}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            obj.prefix,
+            str(obj),
+        )
+
+    action_checkbox.short_description = mark_safe(  # type: ignore[attr-defined]
+        '<input type="checkbox" id="action-toggle" aria-label="Select all objects on this page '
+        'for an action">'
+    )
+
+    def response_action(self, request: HttpRequest, queryset: Any) -> Any:
+        # The checkboxes carry prefixes; the action runs on the keys they name.
+        selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
+        if selected:
+            post = request.POST.copy()
+            by_prefix = dict(ApiKey.objects.filter(prefix__in=selected).values_list("prefix", "pk"))
+            post.setlist(helpers.ACTION_CHECKBOX_NAME, [str(by_prefix.get(v, v)) for v in selected])
+            request.POST = post  # type: ignore[misc]
+        return super().response_action(request, queryset)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        extra_context = dict(extra_context or {})
+        obj = self.get_object(request, object_id)
+        if obj is not None:
+            # History is the audit log, addressed by prefix (Django's own history URL would
+            # carry the primary key).
+            extra_context["audit_history_url"] = (
+                reverse("admin:neruba_auditentry_changelist")
+                + f"?target_type=neruba.apikey&target_id=prefix:{obj.prefix}"
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None) -> Any:
+        # Django's own message links the new record by primary key; name it by prefix.
+        self.message_user(request, f"The API key “{obj}” ({obj.prefix}…) was added.")
+        return HttpResponseRedirect(reverse("admin:neruba_apikey_changelist"))
+
+    def _reason_wanted(self, request: HttpRequest, obj: Any) -> bool:
+        # A key is never edited after creation (its page is read-only): only creation asks.
+        return obj is None and self.has_add_permission(request)
+
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is not None:
             return [*self.readonly_fields, "name", "scopes", "expiry_date"]
@@ -103,7 +185,11 @@ class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
         if change:
             return
         created, raw = services.api_key_create(
-            name=obj.name, scopes=obj.scopes, expiry_date=obj.expiry_date, actor=request.user
+            name=obj.name,
+            scopes=obj.scopes,
+            expiry_date=obj.expiry_date,
+            actor=request.user,
+            reason=self.change_reason(form),
         )
         obj.pk = created.pk
         messages.warning(
@@ -118,15 +204,39 @@ class ApiKeyAdmin(GuardedAdminMixin, admin.ModelAdmin):
 class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
         "created_at",
-        "actor_label",
+        "actor_shown",
         "action",
         "target_type",
-        "target_id",
+        "target_id_shown",
         "customer",
         "reason",
     ]
+    # Every field but the raw target id: an API key's stored id embeds its hash.
+    fields = [
+        "created_at",
+        "actor_label",
+        "action",
+        "target_type",
+        "target_id_shown",
+        "target_repr",
+        "customer",
+        "reason",
+        "before",
+        "after",
+        "request_id",
+    ]
+    readonly_fields = fields
     list_filter = ["action", "target_type", "actor_label"]
     search_fields = ["target_id", "reason", "actor_label"]
+
+    @admin.display(description="target id")
+    def target_id_shown(self, obj: AuditEntry) -> str:
+        return obj.target_id_shown
+
+    @admin.display(description="actor", ordering="actor_label")
+    def actor_shown(self, obj: AuditEntry) -> str:
+        return obj.actor_label or "system"
+
     list_select_related = ["customer"]
     raw_id_fields = ["customer", "actor"]
     date_hierarchy = "created_at"

@@ -20,11 +20,12 @@ from django.urls import path, reverse
 from django.utils.functional import cached_property
 
 from neruba.errors import NerubaError
+from neruba.previews import Preview, as_preview
 
 MAX_OBJECTS = 500
 MAX_PREVIEWS = 50
 
-Preview = Callable[[Any], "str | dict[str, Any] | list[Any]"]
+PreviewFn = Callable[[Any], "Preview | str | dict[str, Any] | list[Any]"]
 Perform = Callable[..., "str | None"]
 
 
@@ -48,7 +49,7 @@ def guarded_action(
     label: str,
     permission: str,
     perform: Perform,
-    preview: Preview | None = None,
+    preview: PreviewFn | None = None,
     explanation: str = "",
     eligible: Callable[[Any], bool] | None = None,
     form: type[forms.Form] | None = None,
@@ -75,7 +76,10 @@ def guarded_action(
         confirming = request.POST.get("confirm") == "yes"
         bound = None
         if form is not None:
-            bound = form(request.POST) if confirming else form()
+            # A form that needs the records (an amount typed in their currency) says so with
+            # ``takes_objects``; it gets them as ``objects``.
+            kwargs = {"objects": objects} if getattr(form, "takes_objects", False) else {}
+            bound = form(request.POST, **kwargs) if confirming else form(**kwargs)
         if confirming:
             if reason and (bound is None or bound.is_valid()):
                 extra = () if bound is None else (bound.cleaned_data,)
@@ -95,16 +99,21 @@ def guarded_action(
                     else:
                         outcome.done += 1
                 level = messages.ERROR if outcome.failed else messages.SUCCESS
-                modeladmin.message_user(request, outcome.summary(label), level)
+                summary = outcome.summary(label)
+                # What the form understood (e.g. "amount $15.00"), so a typo shows at once.
+                echo = getattr(bound, "confirmation_note", None)
+                if callable(echo) and echo():
+                    summary += f" ({echo()})"
+                modeladmin.message_user(request, summary, level)
                 return None
             reason_missing = not reason
         rows = []
         for obj in objects[:MAX_PREVIEWS]:
             ok = eligible(obj) if eligible is not None else True
             try:
-                shown = preview(obj) if (preview is not None and ok) else None
+                shown = as_preview(preview(obj)) if (preview is not None and ok) else None
             except NerubaError as exc:
-                shown, ok = f"Will fail: {exc.message}", False
+                shown, ok = Preview(summary=f"Will fail: {exc.message}", tone="fail"), False
             rows.append({"object": obj, "preview": shown, "eligible": ok})
         opts = modeladmin.model._meta
         context = {
@@ -118,7 +127,7 @@ def guarded_action(
             "count": len(objects),
             "capped": MAX_OBJECTS if capped else 0,
             "action_name": name,
-            "selected": [str(o.pk) for o in objects],
+            "selected": [getattr(modeladmin, "public_pk", lambda o: str(o.pk))(o) for o in objects],
             "reason": reason,
             "reason_missing": reason_missing,
             "form": bound,
@@ -254,6 +263,9 @@ class ExactSearchMixin:
     PostgreSQL combines the columns' indexes."""
 
     exact_search_fields: Sequence[str] = ()
+    # Matched by prefix too ("evt-00" finds "evt-0001"): a range on the same btree index
+    # (``col >= term AND col < next(term)``), which every collation's index serves.
+    prefix_search_fields: Sequence[str] = ()
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
@@ -264,6 +276,9 @@ class ExactSearchMixin:
         match = Q()
         for name in self.exact_search_fields:
             match |= Q(**{name: term})
+        after = term[:-1] + chr(ord(term[-1]) + 1)
+        for name in self.prefix_search_fields:
+            match |= Q(**{f"{name}__gte": term, f"{name}__lt": after, f"{name}__startswith": term})
         return queryset.filter(match), False
 
 
@@ -280,7 +295,57 @@ class ReadOnlyAdminMixin:
         return False
 
 
-class AuditedAdminMixin:
+REASON_FIELD = "change_reason"
+
+
+class ReasonRequiredAdminMixin:
+    """Every create and change made through a plain console form asks for a reason, kept in the
+    audit entry the save writes (``change_reason(form)``), as every guarded action does."""
+
+    reason_label = "Reason (required, kept in the audit log)"
+
+    def _reason_wanted(self, request: HttpRequest, obj: Model | None) -> bool:
+        if obj is None:
+            return bool(self.has_add_permission(request))  # type: ignore[attr-defined]
+        return bool(self.has_change_permission(request, obj))  # type: ignore[attr-defined]
+
+    def get_form(
+        self, request: HttpRequest, obj: Model | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        if self._reason_wanted(request, obj):
+            base = kwargs.get("form")
+            if base is None:
+                add_form = getattr(self, "add_form", None)
+                base = add_form if (obj is None and add_form is not None) else self.form  # type: ignore[attr-defined]
+            kwargs["form"] = type(
+                base.__name__,
+                (base,),
+                {
+                    REASON_FIELD: forms.CharField(
+                        label=self.reason_label,
+                        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+                        help_text="Why this change: what a colleague reading the audit log "
+                        "needs to know.",
+                    )
+                },
+            )
+        return super().get_form(request, obj, change=change, **kwargs)  # type: ignore[misc]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        from django.contrib.admin.utils import flatten_fieldsets
+
+        fieldsets = list(super().get_fieldsets(request, obj))  # type: ignore[misc]
+        if self._reason_wanted(request, obj) and REASON_FIELD not in flatten_fieldsets(fieldsets):
+            fieldsets.append(("Reason", {"fields": [REASON_FIELD]}))
+        return fieldsets
+
+    @staticmethod
+    def change_reason(form: Any, default: str = "console edit") -> str:
+        data = getattr(form, "cleaned_data", None) or {}
+        return (data.get(REASON_FIELD) or "").strip() or default
+
+
+class AuditedAdminMixin(ReasonRequiredAdminMixin):
     """Plain console edits of reference data (catalog, meters) are audited too: the save and
     its audit entry commit together, with the fields before and after.
 
@@ -295,14 +360,16 @@ class AuditedAdminMixin:
 
         return model_to_dict(obj)
 
-    def _audit_save(self, request: HttpRequest, obj: Model, change: bool, before: Any) -> None:
+    def _audit_save(
+        self, request: HttpRequest, obj: Model, change: bool, before: Any, reason: str
+    ) -> None:
         from neruba import audit
 
         audit.record(
             actor=request.user,
             action=f"{obj._meta.model_name}.{'update' if change else 'create'}",
             target=obj,
-            reason="console edit",
+            reason=reason,
             before=before,
             after=self.audit_snapshot(obj),
             customer=getattr(obj, "customer", None),
@@ -311,6 +378,8 @@ class AuditedAdminMixin:
     def save_model(self, request: HttpRequest, obj: Model, form: Any, change: bool) -> None:
         from django.db import transaction
 
+        # Inline rows (a plan's prices) are saved after this and audited with the same reason.
+        request._neruba_change_reason = self.change_reason(form)  # type: ignore[attr-defined]
         with transaction.atomic():
             before = None
             if change:
@@ -319,12 +388,18 @@ class AuditedAdminMixin:
             if self.audit_after_related:
                 form.audit_before = before
             else:
-                self._audit_save(request, obj, change, before)
+                self._audit_save(request, obj, change, before, self.change_reason(form))
 
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)  # type: ignore[misc]
         if self.audit_after_related:
-            self._audit_save(request, form.instance, change, getattr(form, "audit_before", None))
+            self._audit_save(
+                request,
+                form.instance,
+                change,
+                getattr(form, "audit_before", None),
+                self.change_reason(form),
+            )
 
     def delete_model(self, request: HttpRequest, obj: Model) -> None:
         from django.db import transaction
@@ -354,7 +429,7 @@ class AuditedAdminMixin:
                     actor=request.user,
                     action=f"{obj._meta.model_name}.create",
                     target=obj,
-                    reason="console edit",
+                    reason=getattr(request, "_neruba_change_reason", "console edit"),
                     after=model_to_dict(obj),
                 )
             for obj, fields in formset.changed_objects:
@@ -362,7 +437,7 @@ class AuditedAdminMixin:
                     actor=request.user,
                     action=f"{obj._meta.model_name}.update",
                     target=obj,
-                    reason="console edit",
+                    reason=getattr(request, "_neruba_change_reason", "console edit"),
                     after={**model_to_dict(obj), "changed": fields},
                 )
             for obj in formset.deleted_objects:
@@ -371,10 +446,45 @@ class AuditedAdminMixin:
                     action=f"{obj._meta.model_name}.delete",
                     target_type=obj._meta.label_lower,
                     target_id=str(obj.pk),
-                    reason="console edit",
+                    reason=getattr(request, "_neruba_change_reason", "console edit"),
                     before=model_to_dict(obj),
                 )
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         for obj in queryset:
             self.delete_model(request, obj)
+
+
+def money_column(
+    field_name: str, *, currency: str = "currency", description: str | None = None
+) -> Callable[[Any, Any], str]:
+    """An admin column (or read-only field) that shows the minor-unit ``field_name`` through
+    the one money formatter: ``money_column("total")`` shows 1500 USD as "$15.00".
+    ``currency`` is the attribute path of the currency code (``"subscription__plan__currency"``).
+    """
+    from neruba.money import money
+
+    def column(modeladmin: Any, obj: Any) -> str:
+        value: Any = obj
+        for part in currency.split("__"):
+            value = getattr(value, part, None) if value is not None else None
+        return money(getattr(obj, field_name, None), str(value or ""))
+
+    column.short_description = description or field_name.replace("_", " ")  # type: ignore[attr-defined]
+    column.admin_order_field = field_name  # type: ignore[attr-defined]
+    column.__name__ = f"{field_name}_money"
+    return column
+
+
+def quantity_column(
+    field_name: str, *, description: str | None = None
+) -> Callable[[Any, Any], str]:
+    """A Decimal column without storage noise (``1.0000000000`` -> 1)."""
+    from neruba.money import quantity
+
+    def column(modeladmin: Any, obj: Any) -> str:
+        return quantity(getattr(obj, field_name, None))
+
+    column.short_description = description or field_name.replace("_", " ")  # type: ignore[attr-defined]
+    column.__name__ = f"{field_name}_qty"
+    return column

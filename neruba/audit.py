@@ -39,6 +39,20 @@ def actor_label(actor: Actor | ApiKey) -> str:
     return actor.get_username()
 
 
+def public_id(obj: models.Model) -> str:
+    """How the audit log names a record. An API key's primary key embeds its stored hash
+    (``prefix.sha512…``): the log, which support reads and finance exports, names it by its
+    visible prefix instead."""
+    if isinstance(obj, ApiKey):
+        return f"prefix:{obj.prefix}"
+    return str(obj.pk)
+
+
+def shown_target_id(target_type: str, target_id: str) -> str:
+    """An entry's target id for display and export (see ``AuditEntry.target_id_shown``)."""
+    return AuditEntry(target_type=target_type, target_id=target_id).target_id_shown
+
+
 def record(
     *,
     actor: Actor | ApiKey,
@@ -54,7 +68,7 @@ def record(
     """Append one audit entry. ``actor`` is the user, the API key, or ``None`` for the system."""
     if target is not None:
         target_type = target_type or target._meta.label_lower
-        target_id = target_id or str(target.pk)
+        target_id = target_id or public_id(target)
     user = (
         actor
         if getattr(actor, "is_authenticated", False) and not isinstance(actor, ApiKey)

@@ -91,7 +91,7 @@ class AuditEntry(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.action} {self.target_type}:{self.target_id} by {self.actor_label}"
+        return f"{self.action} {self.target_type}:{self.target_id_shown} by {self.actor_label}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None and not kwargs.get("force_insert"):
@@ -100,6 +100,18 @@ class AuditEntry(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise RuntimeError("Audit entries are append-only.")
+
+    @property
+    def target_id_shown(self) -> str:
+        """The target id as people see it: entries written before API keys were named by prefix
+        hold the key's full id (``prefix.<stored hash>``); only the prefix is ever shown."""
+        if (
+            self.target_type == "neruba.apikey"
+            and "." in self.target_id
+            and not self.target_id.startswith("prefix:")
+        ):
+            return f"prefix:{self.target_id.split('.', 1)[0]}"
+        return self.target_id
 
 
 class SchedulerLock(models.Model):

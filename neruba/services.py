@@ -31,6 +31,7 @@ def customer_create(
     currency: str = "USD",
     stripe_customer_id: str = "",
     actor: audit.Actor | ApiKey = None,
+    reason: str = "",
 ) -> Customer:
     try:
         with transaction.atomic():
@@ -46,6 +47,7 @@ def customer_create(
                 action="customer.create",
                 target=customer,
                 customer=customer,
+                reason=reason,
                 after=_customer_snapshot(customer),
             )
     except IntegrityError:
@@ -84,6 +86,7 @@ def api_key_create(
     scopes: Iterable[str],
     actor: audit.Actor,
     expiry_date: datetime | None = None,
+    reason: str = "",
 ) -> tuple[ApiKey, str]:
     """Creates a key and returns it with the raw secret, which is shown once and never stored."""
     scope_list = sorted(set(scopes))
@@ -100,6 +103,7 @@ def api_key_create(
             actor=actor,
             action="api_key.create",
             target=api_key,
+            reason=reason,
             after={"name": name, "prefix": api_key.prefix, "scopes": scope_list},
         )
     return api_key, raw

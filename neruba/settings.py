@@ -182,6 +182,8 @@ AXES_LOCKOUT_TEMPLATE = "admin/neruba/locked_out.html"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# Console dates as "2026-11-26 04:27 UTC" (neruba/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["neruba.formats"]
 USE_I18N = True
 USE_TZ = True
 

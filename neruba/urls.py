@@ -37,5 +37,6 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),
 ]
 
+handler403 = "operations.console_views.permission_denied"
 handler404 = "neruba.errors.handler404"
 handler500 = "neruba.errors.handler500"

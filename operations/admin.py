@@ -38,7 +38,15 @@ import webhooks.admin as webhooks_admin
 from billing import services as billing_services
 from billing.drift import finding_resolve
 from billing.ledger import credit_grant
-from billing.models import CreditEntry, DriftFinding, Invoice, ReasonCode
+from billing.models import (
+    BillingRun,
+    BillingWindow,
+    CreditEntry,
+    Dispute,
+    DriftFinding,
+    Invoice,
+    ReasonCode,
+)
 from billing.selectors import cash_totals, credit_balances
 from ingest.models import IngestRejection, UsageEvent
 from neruba import audit
@@ -51,8 +59,11 @@ from neruba.admin_actions import (
 )
 from neruba.admin_site import console
 from neruba.models import AuditEntry, Customer
+from neruba.money import major_str, money
+from neruba.previews import Preview
 from operations import exports
 from operations.hub import customer_hub, notes_for
+from operations.stories import dispute_story, invoice_story, run_story, timeline, window_story
 from operations.support_messages import messages_for_customer, messages_for_invoice
 from webhooks.handlers import HANDLERS
 from webhooks.models import StripeEvent
@@ -71,6 +82,8 @@ class InputFilter(admin.ListFilter):
     lookup = ""
     input_type = "text"
     placeholder = ""
+    # Offered as you type (a <datalist>): the box still takes any value.
+    suggestions: Sequence[str] = ()
     template = "admin/neruba/input_filter.html"
 
     def __init__(
@@ -113,17 +126,46 @@ class InputFilter(admin.ListFilter):
             "other": self.other,
             "input_type": self.input_type,
             "placeholder": self.placeholder,
+            "suggestions": self.suggestions,
         }
 
 
 def input_filter(
-    title: str, parameter: str, lookup: str, placeholder: str = ""
+    title: str,
+    parameter: str,
+    lookup: str,
+    placeholder: str = "",
+    suggestions: Sequence[str] = (),
 ) -> type[InputFilter]:
     return type(
         f"{parameter.title().replace('_', '')}Filter",
         (InputFilter,),
-        {"title": title, "parameter_name": parameter, "lookup": lookup, "placeholder": placeholder},
+        {
+            "title": title,
+            "parameter_name": parameter,
+            "lookup": lookup,
+            "placeholder": placeholder,
+            "suggestions": tuple(suggestions),
+        },
     )
+
+
+# The actions the services audit, offered in the audit log's action filter (listing the
+# distinct values of a big table would scan it on every page).
+AUDIT_ACTIONS = sorted(
+    {
+        *(
+            "api_key.create api_key.revoke credit.grant credit.reverse customer.create "
+            "customer.stripe_link customer.update drift_finding.resolve export.csv "
+            "ingest_rejection.dismiss ingest_rejection.replay invoice.mark_paid "
+            "invoice.payment_status invoice.rerun lock.release metric.create note.add "
+            "plan.create stripe_event.dead stripe_event.replay subscription.create "
+            "subscription.end user.password_set user.create user.update group.create "
+            "group.update price.create price.update plan.update metric.update "
+            "dispute.record dispute.update refund.record refund.update"
+        ).split()
+    }
+)
 
 
 class _DateFilter(InputFilter):
@@ -175,6 +217,17 @@ class ConsolePageMixin:
 
     def console_context(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
         context: dict[str, Any] = {"console_links": []}
+        # The audit log is the real history: Django's own (admin LogEntry) never sees the
+        # services' writes, so its History page is always empty here.
+        if request.user.has_perm("neruba.view_auditentry"):
+            context["timeline"] = timeline(obj=obj)
+            context["audit_history_url"] = (
+                reverse("admin:neruba_auditentry_changelist")
+                + "?"
+                + urlencode(
+                    {"target_type": obj._meta.label_lower, "target_id": audit.public_id(obj)}
+                )
+            )
         if self.notes and request.user.has_perm("neruba.view_supportnote"):
             context["notes"] = notes_for(target=obj)
             context["can_add_note"] = request.user.has_perm("neruba.add_supportnote")
@@ -210,12 +263,41 @@ def _explain_link(key: str) -> dict[str, str]:
 # --- guarded credit actions --------------------------------------------------------------------
 
 
-class CreditForm(forms.Form):
-    """The ledger form's fields, less the customer (the action's record) and the reason (the
+class _AmountForm(forms.Form):
+    """An amount typed in major units of the selected records' one currency."""
+
+    takes_objects = True
+    amount = billing_admin.MajorAmountField()
+
+    def __init__(self, *args: Any, objects: Sequence[Any] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.currencies = sorted({self.currency_of(o).upper() for o in objects})
+        if len(self.currencies) == 1:
+            self.fields["amount"].label = f"Amount in {self.currencies[0]}"
+
+    def currency_of(self, obj: Any) -> str:
+        return obj.currency
+
+    def confirmation_note(self) -> str:
+        amount = (getattr(self, "cleaned_data", None) or {}).get("amount")
+        if amount is None or len(self.currencies) != 1:
+            return ""
+        return f"amount {money(amount, self.currencies[0])}"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if len(self.currencies) != 1:
+            self.add_error("amount", "Select records of one currency to type one amount.")
+            return data
+        data["amount"] = billing_admin.minor_amount(self, "amount", self.currencies[0])
+        return data
+
+
+class CreditForm(_AmountForm):
+    """The ledger form's fields, less the customer (the action's record), the currency (always
+    the customer's: a credit in another currency could never be spent) and the reason (the
     guarded action's own)."""
 
-    amount = billing_admin.CreditIssueForm.declared_fields["amount"]
-    currency = billing_admin.CreditIssueForm.declared_fields["currency"]
     reason_code = forms.ChoiceField(
         choices=billing_admin.GRANTABLE_CHOICES,
         initial=ReasonCode.GOODWILL,
@@ -227,10 +309,22 @@ def _credit_issue(customer: Customer, actor: Any, reason: str, data: dict[str, A
     billing_services.credit_issue(
         customer=customer,
         amount=data["amount"],
-        currency=data.get("currency") or None,
+        currency=customer.currency,
         reason_code=data["reason_code"],
         actor=actor,
         reason=reason,
+    )
+
+
+def _credit_preview(customer: Customer) -> Preview:
+    balances = credit_balances(customer=customer) or {customer.currency: 0}
+    return Preview(
+        summary=f"A credit entry is added to {customer.external_id}'s ledger; it is applied to "
+        "the next invoice.",
+        facts=[
+            ("currency", customer.currency),
+            *((f"balance now ({cur})", money(amount, cur)) for cur, amount in balances.items()),
+        ],
     )
 
 
@@ -239,22 +333,17 @@ issue_credit = guarded_action(
     label="Issue a credit",
     permission="billing.issue_credit",
     perform=_credit_issue,
-    preview=lambda c: (
-        f"a credit entry is added to {c.external_id}'s ledger (balance now "
-        f"{credit_balances(customer=c) or {c.currency: 0}}); it is applied to the next invoice. "
-        f"It must be in {c.currency}, the customer's currency: any other is refused"
-    ),
+    preview=_credit_preview,
     form=CreditForm,
     explanation="Credits are spendable ledger entries: never edited; a mistake is corrected by "
-    "another entry. The amount is in minor units. A Stripe refund or lost dispute is never "
-    "credit: it is cash back on the card, shown on its invoice.",
+    "another entry. Type the amount in major units of the customer's currency (15.00 is "
+    "$15.00). A Stripe refund or lost dispute is never credit: it is cash back on the card, "
+    "shown on its invoice.",
 )
 
 
-class CorrectionForm(forms.Form):
-    amount = forms.IntegerField(
-        min_value=1, help_text="Minor units (cents) credited for this invoice."
-    )
+class CorrectionForm(_AmountForm):
+    pass
 
 
 def _correction(invoice: Invoice, actor: Any, reason: str, data: dict[str, Any]) -> None:
@@ -274,15 +363,16 @@ record_correction = guarded_action(
     label="Record a correction (credit for this invoice)",
     permission="billing.issue_credit",
     perform=_correction,
-    preview=lambda inv: (
-        f"a correction credit in {inv.currency} linked to {inv.number} is added to "
-        f"{inv.customer.external_id}'s ledger; the invoice itself is not changed"
+    preview=lambda inv: Preview(
+        summary=f"A correction credit linked to {inv.number} is added to "
+        f"{inv.customer.external_id}'s ledger; the invoice itself is not changed.",
+        facts=[("invoice total", money(inv.total, inv.currency)), ("currency", inv.currency)],
     ),
     eligible=lambda inv: inv.status != Invoice.Status.VOID,
     form=CorrectionForm,
     explanation="For a wrong amount on an invoice that should stand (e.g. paid): the "
     "difference is credited and applied to the next invoice. To re-price the window from the "
-    "events instead, use Rerun.",
+    "events instead, use Rerun. Type the amount in major units (15.00 is $15.00).",
 )
 
 
@@ -389,10 +479,26 @@ EVENT_SOURCES = ("api", "replay", "demo")
 
 
 class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.UsageEventAdmin):
-    list_filter = ["late", choices_filter("source", "source", EVENT_SOURCES), "metric"]
-    # None here: the events table has no key index (partitioned on PostgreSQL); the ingest
-    # admin's search goes through the key registry instead.
+    list_filter = [
+        "late",
+        choices_filter("source", "source", EVENT_SOURCES),
+        "metric",
+        input_filter("customer", "customer", "customer__external_id", "external id"),
+    ]
+    # None here: the events table has no key index (partitioned on PostgreSQL); keys are
+    # looked up in the key registry (exact or by prefix) in get_search_results.
     exact_search_fields = ()
+    search_help_text = "Idempotency key or its start (case-sensitive)."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageEvent], search_term: str
+    ) -> tuple[QuerySet[UsageEvent], bool]:
+        from operations.search import events_by_key_prefix
+
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(events_by_key_prefix(term, limit=100)), False
 
     def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
         context = super().console_context(request, obj)
@@ -414,6 +520,7 @@ class IngestRejectionConsoleAdmin(
         "created_at",
     ]
     exact_search_fields = ["idempotency_key", "customer_ref", "metric_ref"]
+    prefix_search_fields = ["idempotency_key"]
 
     def console_context(self, request: HttpRequest, obj: IngestRejection) -> dict[str, Any]:
         context = super().console_context(request, obj)
@@ -441,6 +548,19 @@ class StripeEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, webhooks_admin
 
 
 class InvoiceConsoleAdmin(ConsolePageMixin, billing_admin.InvoiceAdmin):
+    search_help_text = "Invoice number (or its digits, e.g. 96), customer external id, or "
+    "provider invoice id."
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Invoice], search_term: str
+    ) -> tuple[QuerySet[Invoice], bool]:
+        from operations.search import invoice_match
+
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(invoice_match(term)), False
+
     change_list_template = "operations/change_list.html"
     actions = [*billing_admin.InvoiceAdmin.actions, record_correction]
     object_actions = [*billing_admin.InvoiceAdmin.object_actions, "record_correction"]
@@ -448,6 +568,8 @@ class InvoiceConsoleAdmin(ConsolePageMixin, billing_admin.InvoiceAdmin):
     def console_context(self, request: HttpRequest, obj: Invoice) -> dict[str, Any]:
         context = super().console_context(request, obj)
         context["support_messages"] = messages_for_invoice(invoice=obj)
+        context["story"] = invoice_story(invoice=obj)
+        context["story_template"] = "operations/_invoice_story.html"
         context["console_links"].append(
             {
                 "label": "Customer page",
@@ -492,7 +614,9 @@ _ledger_columns: list[tuple[str, Callable[[Any], Any]]] = [
     ("created_at", lambda e: e.created_at.isoformat()),
     ("customer", lambda e: e.customer.external_id),
     ("kind", lambda e: e.kind),
-    ("amount", lambda e: e.amount),
+    # Both units, named: major units for people and spreadsheets, minor units for exact sums.
+    ("amount", lambda e: major_str(e.amount, e.currency)),
+    ("amount_minor_units", lambda e: e.amount),
     ("currency", lambda e: e.currency),
     ("reason_code", lambda e: e.reason_code),
     ("invoice", lambda e: e.invoice.number if e.invoice_id else ""),
@@ -550,7 +674,7 @@ _audit_columns: list[tuple[str, Callable[[Any], Any]]] = [
     ("actor", lambda a: a.actor_label),
     ("action", lambda a: a.action),
     ("target_type", lambda a: a.target_type),
-    ("target_id", lambda a: a.target_id),
+    ("target_id", lambda a: audit.shown_target_id(a.target_type, a.target_id)),
     ("target", lambda a: a.target_repr),
     ("customer", lambda a: a.customer.external_id if a.customer_id else ""),
     ("reason", lambda a: a.reason),
@@ -563,9 +687,10 @@ class AuditLogAdmin(CsvExportMixin, neruba_admin.AuditEntryAdmin):
     list_filter = [
         input_filter("customer", "customer", "customer__external_id", "external id"),
         input_filter("actor", "actor", "actor_label", "username or api_key:prefix"),
-        input_filter("action", "action", "action", "e.g. credit.grant"),
+        input_filter("action", "action", "action", "e.g. credit.grant", AUDIT_ACTIONS),
         input_filter("reason code", "reason_code", "after__reason_code", "e.g. goodwill"),
         input_filter("record type", "target_type", "target_type", "e.g. billing.invoice"),
+        input_filter("record id", "target_id", "target_id", "e.g. 42"),
         *date_filters("created_at"),
     ]
     csv_columns = _audit_columns
@@ -591,13 +716,27 @@ def _drift_actions() -> list[Any]:
     def resolve(finding: DriftFinding, actor: Any, reason: str, action: str) -> None:
         finding_resolve(finding=finding, action=action, actor=actor, reason=reason, dry_run=False)
 
-    def preview(finding: DriftFinding, action: str) -> str:
-        return finding_resolve(
+    def preview(finding: DriftFinding, action: str) -> Preview:
+        shown = finding_resolve(
             finding=finding, action=action, actor=None, reason="", dry_run=True
-        ).render()
+        ).to_preview()
+        if action != "ignore" and finding.delta_amount == 0:
+            # The quantity moved but the money did not: re-pricing would void and reissue an
+            # invoice for the same total.
+            shown.tone = "warn"
+            shown.notes.insert(
+                0,
+                "The money difference is zero: re-pricing would issue an identical total. "
+                "Mark ignored is usually the right choice.",
+            )
+        return shown
 
     def is_open(finding: DriftFinding) -> bool:
         return finding.status == DriftFinding.Status.OPEN
+
+    def is_open_usage(finding: DriftFinding) -> bool:
+        # A payment finding is settled at the provider: only "ignore" closes it.
+        return is_open(finding) and finding.kind == "usage"
 
     return [
         guarded_action(
@@ -606,7 +745,7 @@ def _drift_actions() -> list[Any]:
             permission="billing.resolve_driftfinding",
             perform=lambda f, actor, reason: resolve(f, actor, reason, _settle_action(f)),
             preview=lambda f: preview(f, _settle_action(f)),
-            eligible=is_open,
+            eligible=is_open_usage,
             explanation="The window is re-priced from the events stored now: an unpaid invoice "
             "is voided and superseded, a paid one gets a correction credit or a supplementary "
             "invoice. Every open usage finding of the window closes with it.",
@@ -623,9 +762,51 @@ def _drift_actions() -> list[Any]:
     ]
 
 
-class DriftFindingConsoleAdmin(GuardedAdminMixin, billing_admin.DriftFindingAdmin):
+class BillingRunConsoleAdmin(ConsolePageMixin, billing_admin.BillingRunAdmin):
+    notes = False
+
+    def console_context(self, request: HttpRequest, obj: BillingRun) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["story"] = run_story(run=obj)
+        context["story_template"] = "operations/_run_story.html"
+        return context
+
+
+class BillingWindowConsoleAdmin(ConsolePageMixin, billing_admin.BillingWindowAdmin):
+    notes = False
+
+    def console_context(self, request: HttpRequest, obj: BillingWindow) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["story"] = window_story(window=obj)
+        context["story_template"] = "operations/_window_story.html"
+        return context
+
+
+class DisputeConsoleAdmin(ConsolePageMixin, billing_admin.DisputeAdmin):
+    notes = False
+
+    def console_context(self, request: HttpRequest, obj: Dispute) -> dict[str, Any]:
+        context = super().console_context(request, obj)
+        context["story"] = dispute_story(dispute=obj)
+        context["story_template"] = "operations/_dispute_story.html"
+        return context
+
+
+class DriftFindingConsoleAdmin(
+    ConsolePageMixin, GuardedAdminMixin, billing_admin.DriftFindingAdmin
+):
+    notes = False
     actions = _drift_actions()
     object_actions = [a.__name__ for a in actions]
+
+    def object_action_buttons(self, request: HttpRequest, obj: Model) -> list[dict[str, str]]:
+        # A closed finding offers nothing; a payment finding only "ignore".
+        if obj.status != DriftFinding.Status.OPEN:
+            return []
+        buttons = super().object_action_buttons(request, obj)
+        if obj.kind != "usage":
+            buttons = [b for b in buttons if "resolve_findings" not in b["url"]]
+        return buttons
 
 
 # --- console users and role groups (superusers only): audited like every other change --------
@@ -695,6 +876,9 @@ for model, model_admin in (
     (CreditEntry, CreditLedgerAdmin),
     (AuditEntry, AuditLogAdmin),
     (DriftFinding, DriftFindingConsoleAdmin),
+    (BillingRun, BillingRunConsoleAdmin),
+    (BillingWindow, BillingWindowConsoleAdmin),
+    (Dispute, DisputeConsoleAdmin),
 ):
     if console.is_registered(model):
         console.unregister(model)

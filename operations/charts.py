@@ -33,13 +33,22 @@ def stacked_bars(
     peak = max(totals or [0]) or 1
     bar_w = (width - 40) / n
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 30}" '
-        f'viewBox="0 0 {width} {height + 30}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" '
+        f'viewBox="0 0 {width} {height + 40}" '
         f'role="img" aria-label="{escape(title)}" class="neruba-chart">',
         f"<title>{escape(title)}</title>",
-        f'<text x="0" y="12" font-size="11">{peak}</text>',
+        # The peak, right-aligned against the axis so a wide number is never clipped.
+        f'<text x="36" y="20" font-size="11" text-anchor="end">{peak}</text>',
+        f'<text x="36" y="{height}" font-size="11" text-anchor="end">0</text>',
         f'<line x1="38" y1="{height}" x2="{width}" y2="{height}" stroke="#999"/>',
     ]
+    # A time label under every sixth bucket (and the last), so a bar says when it was.
+    for i, bucket in enumerate(buckets):
+        if i % 6 == 0 or i == len(buckets) - 1:
+            parts.append(
+                f'<text x="{40 + (i + 0.5) * bar_w:.1f}" y="{height + 10}" font-size="9" '
+                f'text-anchor="middle" fill="#555">{escape(bucket)}</text>'
+            )
     for i, bucket in enumerate(buckets):
         y = float(height)
         for name, values in series.items():
@@ -56,9 +65,9 @@ def stacked_bars(
     x = 40.0
     for name in series:
         parts.append(
-            f'<rect x="{x}" y="{height + 12}" width="10" height="10" '
+            f'<rect x="{x}" y="{height + 22}" width="10" height="10" '
             f'fill="{PALETTE.get(name, "#555")}"/>'
-            f'<text x="{x + 14}" y="{height + 21}" font-size="11">{escape(name)}</text>'
+            f'<text x="{x + 14}" y="{height + 31}" font-size="11">{escape(name)}</text>'
         )
         x += 14 + 8 * len(name) + 12
     parts.append("</svg>")

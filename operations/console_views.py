@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -22,7 +23,9 @@ from neruba.admin_site import console
 from neruba.models import Customer
 from neruba.services import note_add as note_add_service
 from operations.explain import explain_key
+from operations.roles import ROLES
 from operations.runbooks import runbook_get, runbook_html, runbook_list
+from operations.search import console_search, customer_suggestions
 
 
 @staff_member_required
@@ -33,7 +36,17 @@ def runbooks_index(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required
 def runbook_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    book = runbook_get(slug)
+    try:
+        book = runbook_get(slug)
+    except Http404:
+        # The console's own page, not Django's DEBUG 404: the list of runbooks is one click away.
+        context = {
+            **console.each_context(request),
+            "title": "No such runbook",
+            "runbooks": runbook_list(),
+            "missing": slug,
+        }
+        return TemplateResponse(request, "operations/runbooks.html", context, status=404)
     context = {
         **console.each_context(request),
         "title": book.title,
@@ -108,3 +121,72 @@ def customer_usage(request: HttpRequest, pk: int) -> HttpResponse:
     customer = get_object_or_404(Customer, pk=pk)
     context = {"customer": customer, "usage": usage_current(customer=customer)}
     return TemplateResponse(request, "operations/_customer_usage.html", context)
+
+
+@staff_member_required
+def search(request: HttpRequest) -> HttpResponse:
+    """The header's search box. One match goes straight to its page; more are listed."""
+    q = request.GET.get("q", "").strip()[:200]
+    groups = console_search(q=q, user=request.user) if q else []
+    hits = [hit for group in groups for hit in group.hits if hit.url]
+    if len(hits) == 1 and request.GET.get("list") != "1":
+        return HttpResponseRedirect(hits[0].url)
+    context = {
+        **console.each_context(request),
+        "title": f"Search: {q}" if q else "Search",
+        "console_search_q": q,
+        "q": q,
+        "groups": groups,
+    }
+    return TemplateResponse(request, "operations/search.html", context)
+
+
+@staff_member_required
+def customer_autocomplete(request: HttpRequest) -> JsonResponse:
+    """Customers by external id, name or email for the console's forms."""
+    if not request.user.has_perm("neruba.view_customer"):
+        raise PermissionDenied("Looking up customers needs the neruba.view_customer permission.")
+    return JsonResponse({"results": customer_suggestions(q=request.GET.get("q", "")[:100])})
+
+
+_PERM = re.compile(r"\b([a-z_]+\.[a-z_]+)\b")
+_ADMIN_PATH = re.compile(r"^/admin/(?P<app>[a-z_]+)/(?P<model>[a-z_]+)/(?P<rest>.*)$")
+
+
+def _needed_permission(request: HttpRequest, exception: Exception | None) -> str:
+    """The permission a refusal was about: named in the message (guarded actions and console
+    views say it), else read from the admin URL (add, change or view of a model)."""
+    found = _PERM.search(str(exception or ""))
+    if found and "." in found.group(1):
+        return found.group(1)
+    match = _ADMIN_PATH.match(request.path)
+    if not match:
+        return ""
+    rest = match["rest"]
+    verb = "add" if rest.startswith("add/") else "view"
+    if rest.endswith("export.csv"):
+        return "neruba.export_auditentry"
+    return f"{match['app']}.{verb}_{match['model']}"
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A refusal inside the console: which permission is missing and which role has it, with
+    the console around it. Outside the console (API, webhooks) the JSON envelope."""
+    if request.path.startswith(("/api/", "/webhooks/")):
+        from neruba.errors import json_error
+
+        return json_error(request, "forbidden", str(exception or "Forbidden."), 403)
+    permission = _needed_permission(request, exception)
+    roles = [name for name, role in ROLES.items() if permission in role["permissions"]]
+    user = getattr(request, "user", None)
+    context = {
+        **(console.each_context(request) if user is not None and user.is_active else {}),
+        "title": "Not allowed",
+        "message": str(exception or ""),
+        "permission": permission,
+        "roles": roles,
+        "your_roles": sorted(user.groups.values_list("name", flat=True))
+        if user is not None and user.is_authenticated
+        else [],
+    }
+    return TemplateResponse(request, "operations/403.html", context, status=403)

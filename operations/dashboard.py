@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncHour
 from django.http import HttpRequest
@@ -13,15 +14,15 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from billing.models import BillingRun, DriftFinding, PaymentFinding
-from ingest.models import IngestBatch, IngestRejection
-from neruba.models import SchedulerLock
+from billing.models import BillingRun
+from ingest.models import IngestBatch
+from neruba.models import AuditEntry, SchedulerLock
 from operations.charts import stacked_bars
 from operations.health import readiness
+from operations.queues import scan_age, work_queue
 from operations.runbooks import runbook_list
 from operations.sweeps import sweep_summary, sweeps_latest
 from webhooks.models import StripeEvent
-from webhooks.selectors import outbound_backlog
 
 INGEST_OUTCOMES = ("accepted", "duplicate", "conflict", "failed", "replay")
 WEBHOOK_OUTCOMES = ("processed", "ignored", "failed", "dead", "received")
@@ -72,103 +73,63 @@ def _admin_url(name: str, *args: Any, query: str = "") -> str | None:
         return None
 
 
-def _backlog(user: Any) -> list[dict[str, Any]]:
-    """Counts that need a person, each linking to its filtered list."""
-    items = []
-    if user.has_perm("webhooks.view_stripeevent"):
-        for status in ("failed", "dead"):
-            items.append(
-                {
-                    "label": f"{status.title()} webhook events",
-                    "count": StripeEvent.objects.filter(status=status).count(),
-                    "url": _admin_url(
-                        "webhooks_stripeevent_changelist", query=f"?status__exact={status}"
-                    ),
-                }
-            )
-    if user.has_perm("webhooks.view_outbounddelivery"):
-        outbound = outbound_backlog(now=timezone.now())
-        waiting = sum(outbound["counts"][s] for s in ("pending", "sending", "failed"))
-        age = int(outbound["oldest_pending_age"])
-        items.append(
-            {
-                "label": f"Outbound webhooks waiting (oldest {age}s)"
-                if waiting
-                else "Outbound webhooks waiting",
-                "count": waiting,
-                "url": _admin_url(
-                    "webhooks_outbounddelivery_changelist", query="?status__exact=failed"
-                ),
-            }
-        )
-        items.append(
-            {
-                "label": "Dead outbound webhooks",
-                "count": outbound["counts"]["dead"],
-                "url": _admin_url(
-                    "webhooks_outbounddelivery_changelist", query="?status__exact=dead"
-                ),
-            }
-        )
-    if user.has_perm("ingest.view_ingestrejection"):
-        items.append(
-            {
-                "label": "Open ingest rejections",
-                "count": IngestRejection.objects.filter(status="open").count(),
-                "url": _admin_url("ingest_ingestrejection_changelist", query="?status__exact=open"),
-            }
-        )
-    if user.has_perm("billing.view_driftfinding"):
-        items.append(
-            {
-                "label": "Open drift findings",
-                "count": DriftFinding.objects.filter(status="open").count(),
-                "url": _admin_url("billing_driftfinding_changelist", query="?status__exact=open"),
-            }
-        )
-    if user.has_perm("billing.view_paymentfinding"):
-        # Charges that returned more than they collected: finance settles them with Stripe.
-        items.append(
-            {
-                "label": "Open payment findings (over-returned charges)",
-                "count": PaymentFinding.objects.filter(status="open").count(),
-                "url": _admin_url("billing_paymentfinding_changelist", query="?status__exact=open"),
-            }
-        )
-    return items
-
-
-# Where each role starts its day: (permission, label, admin url name, query).
+# Where each role starts its day: (permission that lets the user act, label, admin url name,
+# query). A shortcut shows only to users who can do what it offers, not merely see the list.
 SHORTCUTS = [
     ("neruba.view_customer", "Customers (the hub page for each)", "neruba_customer_changelist", ""),
     (
-        "ingest.view_ingestrejection",
-        "Open ingest rejections to replay",
+        "ingest.replay_ingestrejection",
+        "Open ingest rejections to replay or dismiss",
         "ingest_ingestrejection_changelist",
         "?status__exact=open",
     ),
     (
-        "billing.view_creditentry",
+        "billing.issue_credit",
         "Credit ledger (filter, export)",
         "billing_creditentry_changelist",
         "",
     ),
-    ("neruba.view_auditentry", "Audit log (filter, export)", "neruba_auditentry_changelist", ""),
-    ("billing.view_invoice", "Invoices with totals per status", "billing_invoice_changelist", ""),
     (
-        "billing.view_driftfinding",
+        "neruba.export_auditentry",
+        "Audit log (filter, export)",
+        "neruba_auditentry_changelist",
+        "",
+    ),
+    (
+        "billing.mark_invoice_paid",
+        "Invoices with totals per status",
+        "billing_invoice_changelist",
+        "",
+    ),
+    (
+        "billing.resolve_driftfinding",
         "Open drift findings to resolve",
         "billing_driftfinding_changelist",
         "?status__exact=open",
     ),
     (
-        "webhooks.view_stripeevent",
+        "webhooks.replay_stripeevent",
         "Dead Stripe events to replay",
         "webhooks_stripeevent_changelist",
         "?status__exact=dead",
     ),
-    ("neruba.view_schedulerlock", "Release stale locks", "neruba_schedulerlock_changelist", ""),
+    (
+        "billing.view_billingrun",
+        "Billing runs (real runs only)",
+        "billing_billingrun_changelist",
+        "?dry_run__exact=0",
+    ),
+    ("neruba.release_schedulerlock", "Release stale locks", "neruba_schedulerlock_changelist", ""),
 ]
+
+# Which runbook section explains a failing readiness check.
+CHECK_RUNBOOKS = {
+    "scheduler": ("billing-runs", "scheduler-heartbeat"),
+    "database": ("incident-triage", "readiness"),
+    "migrations": ("migrations", ""),
+    "broker": ("incident-triage", "readiness"),
+    "settings": ("incident-triage", "readiness"),
+}
 
 
 def _shortcuts(user: Any) -> list[dict[str, Any]]:
@@ -177,6 +138,29 @@ def _shortcuts(user: Any) -> list[dict[str, Any]]:
         for perm, label, name, query in SHORTCUTS
         if user.has_perm(perm) and (url := _admin_url(name, query=query))
     ]
+
+
+def _banner(ok: bool, checks: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The red banner: which checks fail and where their runbook section is."""
+    failing = [(name, c) for name, c in checks.items() if not c.get("ok")]
+    if ok and not failing:
+        return None
+    items = []
+    for name, check in failing:
+        slug, anchor = CHECK_RUNBOOKS.get(name, ("incident-triage", "readiness"))
+        url = reverse("runbook", args=[slug]) + (f"#{anchor}" if anchor else "")
+        items.append({"name": name, "detail": check.get("detail", ""), "url": url})
+    state = "NOT READY" if not ok else "DEGRADED"
+    return {"state": state, "items": items}
+
+
+def _recent_actions(user: Any) -> list[AuditEntry]:
+    """The audit log's last entries: every guarded action, not only the admin's adds."""
+    if user.has_perm("neruba.view_auditentry"):
+        entries = AuditEntry.objects.all()
+    else:
+        entries = AuditEntry.objects.filter(actor_id=user.pk)
+    return list(entries.select_related("customer").order_by("-created_at", "-id")[:10])
 
 
 def dashboard_context(request: HttpRequest) -> dict[str, Any]:
@@ -189,16 +173,26 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
         "dashboard": True,
         "ready": ok,
         "checks": checks,
-        "backlog": _backlog(user),
+        "banner": _banner(ok, checks),
+        "queue": work_queue(user=user, now=now),
         "runbooks": runbook_list(),
         "shortcuts": _shortcuts(user),
         "can_explain": user.has_perm("ingest.view_usageevent"),
+        "recent_actions": _recent_actions(user),
+        "audit_url": _admin_url("neruba_auditentry_changelist")
+        if user.has_perm("neruba.view_auditentry")
+        else None,
     }
     if user.has_perm("billing.view_billingrun"):
-        runs = list(BillingRun.objects.order_by("-started_at")[:5])
-        for run in runs:
+        # Dry runs write nothing: they are listed apart so "invoiced 7" never reads as real.
+        runs = list(BillingRun.objects.filter(dry_run=False).order_by("-started_at")[:5])
+        dry_runs = list(BillingRun.objects.filter(dry_run=True).order_by("-started_at")[:3])
+        for run in [*runs, *dry_runs]:
             run.console_url = _admin_url("billing_billingrun_change", run.pk)
         context["runs"] = runs
+        context["dry_runs"] = dry_runs
+        if user.has_perm("operations.view_heartbeat"):
+            context["scan_age"] = scan_age(now)
     if user.has_perm("operations.view_sweeprun") or user.has_perm("billing.view_driftfinding"):
         sweeps = sweeps_latest()
         for sweep in sweeps:
@@ -210,6 +204,11 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
         context["now"] = now
     if user.has_perm("ingest.view_ingestbatch"):
         context["ingest_chart"] = mark_safe(_ingest_chart(now))  # noqa: S308 - built by us, escaped
+    if user.has_perm("webhooks.replay_stripeevent"):
+        # Which signing secrets this deployment checks (index and last four), so a rotation
+        # can be compared with Stripe's dashboard without a shell.
+        secrets = settings.NERUBA["STRIPE_WEBHOOK_SECRETS"] or []
+        context["webhook_secrets"] = [f"secret#{n + 1} …{s[-4:]}" for n, s in enumerate(secrets)]
     if user.has_perm("webhooks.view_stripeevent"):
         context["webhook_chart"] = mark_safe(_webhook_chart(now))  # noqa: S308
     return context

@@ -26,10 +26,10 @@ from billing.models import (
     Subscription,
 )
 from billing.periods import period_current
-from ingest.models import IngestRejection, Metric, UsageEvent
+from ingest.models import IngestRejection, UsageEvent
 from ingest.selectors import event_history
-from neruba.models import Customer
-from neruba.money import money
+from ingest.services import rejection_replay
+from neruba.money import money, quantity
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 
@@ -74,19 +74,20 @@ def _rejections(explanation: Explanation) -> Explanation:
             f", replayed {rejection.replay_attempts} time(s).",
             rejection,
         )
-    if latest.status == IngestRejection.Status.OPEN and latest.outcome == "failed":
-        customer_ok = Customer.objects.filter(external_id=latest.customer_ref).exists()
-        metric_ok = Metric.objects.filter(code=latest.metric_ref).exists()
+    if latest.status != IngestRejection.Status.REPLAYED and latest.outcome == "failed":
+        # The answer is the replay's own dry run, so the explainer and the Replay button can
+        # never disagree (a too-old event stays too old whatever is fixed).
+        replay = rejection_replay(rejection=latest, actor=None, reason="", dry_run=True)
+        works = replay.outcome in ("replay", "duplicate")
         explanation.add(
             "Can it be replayed now?",
-            OK if customer_ok and metric_ok else WARN,
-            f"customer {latest.customer_ref or '(none)'} "
-            f"{'exists' if customer_ok else 'does not exist'}; metric "
-            f"{latest.metric_ref or '(none)'} {'exists' if metric_ok else 'does not exist'}. "
+            OK if works else WARN,
+            f"A replay now {replay.describe().rstrip('.')}. "
             + (
                 "Replay the rejection from its page."
-                if customer_ok and metric_ok
-                else "Fix the cause first, then replay the rejection."
+                if works
+                else "Fix the cause first, or dismiss the rejection with a reason if it "
+                "cannot be fixed."
             ),
             latest,
         )
@@ -117,23 +118,20 @@ def _cash_steps(explanation: Explanation, invoice: Invoice) -> None:
             f"Invoice {invoice.number}: charged {money(invoice.total, cur)}, paid "
             f"{money(invoice.amount_paid, cur)}, refunded {money(invoice.amount_refunded, cur)}, "
             f"lost in disputes {money(invoice.amount_disputed, cur)}, collected "
-            f"{money(invoice.amount_collected, cur)} {cur}.",
+            f"{money(invoice.amount_collected, cur)}.",
             invoice,
         )
     for refund in Refund.objects.filter(invoice=invoice).order_by("id")[:10]:
         if refund.status == "succeeded":
-            words = (
-                f"refund processed: {money(refund.amount, refund.currency)} {refund.currency} "
-                "back to the card"
-            )
+            words = f"refund processed: {money(refund.amount, refund.currency)} back to the card"
         else:
             words = f"refund {refund.status}: nothing went back to the card"
         explanation.add(f"Refund {refund.stripe_refund_id}", INFO, f"{words}.", refund)
     for dispute in Dispute.objects.filter(invoice=invoice).order_by("id")[:10]:
         if dispute.status == "lost":
             words = (
-                f"dispute closed: lost; {money(dispute.amount, dispute.currency)} "
-                f"{dispute.currency} went back to the card"
+                f"dispute closed: lost; {money(dispute.amount, dispute.currency)} went back "
+                "to the card"
             )
         elif dispute.closed_at is not None:
             words = f"dispute closed: {dispute.status}; the payment stands"
@@ -175,7 +173,7 @@ def _invoice_steps(
             "Invoice line",
             OK,
             f"Invoice {invoice.number} ({invoice.status}), line “{line.description}”: quantity "
-            f"{line.quantity.normalize()}, amount {line.amount} {invoice.currency}.",
+            f"{quantity(line.quantity)}, amount {money(line.amount, invoice.currency)}.",
             invoice,
         )
         explanation.billed = True
@@ -212,8 +210,8 @@ def _invoice_steps(
         explanation.add(
             f"Supplementary invoice {extra.number}",
             INFO,
-            f"{extra.status}, total {extra.total} {extra.currency}: billed the difference found "
-            "after the window's invoice was paid.",
+            f"{extra.status}, total {money(extra.total, extra.currency)}: billed the "
+            "difference found after the window's invoice was paid.",
             extra,
         )
     finding = (
@@ -245,9 +243,9 @@ def _invoice_steps(
     explanation.add(
         f"Drift finding #{finding.pk}",
         WARN if is_open else OK,
-        f"{finding.status}: invoiced {finding.invoiced_quantity.normalize()} vs actual "
-        f"{finding.actual_quantity.normalize()} (delta {finding.delta_amount:+d} "
-        f"{invoice.currency}){resolution}.",
+        f"{finding.status}: invoiced {quantity(finding.invoiced_quantity)} vs actual "
+        f"{quantity(finding.actual_quantity)} (delta "
+        f"{money(finding.delta_amount, invoice.currency, signed=True)}){resolution}.",
         finding,
     )
     state = finding.status + ("" if is_open else f" ({finding.resolution})")
@@ -312,7 +310,7 @@ def explain_key(*, idempotency_key: str) -> Explanation:
         "Customer and metric",
         OK,
         f"customer {event.customer.external_id}, metric {event.metric.code} "
-        f"({event.metric.aggregation}); value {event.value if event.value is not None else '—'}.",
+        f"({event.metric.aggregation}); value {quantity(event.value)}.",
         event.customer,
     )
     subscription = _subscription_at(event)

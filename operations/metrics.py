@@ -106,6 +106,29 @@ def _authorized(request: HttpRequest) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
 
 
+def _registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # gunicorn workers and Celery processes each write their own files; add them up.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def webhook_receipts() -> dict[str, int]:
+    """``neruba_webhook_receipts_total`` by result, as ``/metrics`` reports it (every web
+    process since it started): refused receipts store nothing, so this is their only trace."""
+    totals: dict[str, int] = {}
+    for metric in _registry().collect():
+        if metric.name != "neruba_webhook_receipts":
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                result = sample.labels.get("result", "")
+                totals[result] = totals.get(result, 0) + int(sample.value)
+    return totals
+
+
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
@@ -113,11 +136,5 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         response = HttpResponse("metrics token required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = "Bearer"
         return response
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # gunicorn workers and Celery processes each write their own files; add them up.
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
-    body = generate_latest(registry) + generate_latest(_backlog_registry)
+    body = generate_latest(_registry()) + generate_latest(_backlog_registry)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -45,4 +45,10 @@ def runbook_html(book: Runbook) -> str:
     """Renders the Markdown; links between runbooks point at their console pages. The files
     are ours (in the repository), not user input."""
     html = markdown.markdown(book.path.read_text(), extensions=["tables", "fenced_code", "toc"])
-    return _MD_LINK.sub(lambda m: f'href="/console/runbooks/{m.group(1)}{m.group(2) or ""}"', html)
+    html = _MD_LINK.sub(lambda m: f'href="/console/runbooks/{m.group(1)}{m.group(2) or ""}"', html)
+    # A console path written as code (`/admin/webhooks/stripeevent/?status__exact=failed`) is
+    # also a link to that page.
+    return _CONSOLE_PATH.sub(r'<a href="\1"><code>\1</code></a>', html)
+
+
+_CONSOLE_PATH = re.compile(r"<code>(/(?:admin|console)/[^<\s\"]*)</code>")

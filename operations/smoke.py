@@ -8,6 +8,7 @@ is never billed.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from django.test import Client
 from django.utils import timezone
 
 from ingest import services as ingest_services
-from ingest.models import Metric
+from ingest.models import IngestRejection, Metric
 from neruba import services as kernel_services
 from neruba.models import ApiKey, Customer
 from webhooks import outbound
@@ -63,12 +64,21 @@ class InProcess:
             if k.lower() != "content-type"
         }
         content_type = headers.get("Content-Type", "application/json")
-        if method == "GET":
-            response = self.client.get(path, secure=self.secure, **extra)
-        else:
-            response = self.client.post(
-                path, data=body or b"", content_type=content_type, secure=self.secure, **extra
-            )
+        # The 4xx answers smoke provokes on purpose (a conflict, a bad signature) are its own
+        # checks, reported on its step line: Django's request warnings would print each one
+        # again (twice, through two handlers).
+        quiet = logging.getLogger("django.request")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            if method == "GET":
+                response = self.client.get(path, secure=self.secure, **extra)
+            else:
+                response = self.client.post(
+                    path, data=body or b"", content_type=content_type, secure=self.secure, **extra
+                )
+        finally:
+            quiet.setLevel(level)
         return Response(response.status_code, response.content)
 
 
@@ -155,6 +165,16 @@ def smoke_run(
 ) -> SmokeReport:
     """Runs every step even after a failure, so one run shows everything that is wrong."""
     transport: InProcess | Remote = Remote(base_url) if base_url else InProcess()
+    console_base = (base_url or "").rstrip("/")
+
+    def runbook_url(runbook: str) -> str:
+        # "webhooks.md#signature-failures" -> the console page that renders that section.
+        page, _, anchor = runbook.partition("#")
+        path = f"/console/runbooks/{page.removesuffix('.md')}" + (f"#{anchor}" if anchor else "")
+        if console_base:
+            return console_base + path
+        return f"{path} (in the console; file {RUNBOOK}/{runbook})"
+
     report = SmokeReport(target=transport.label)
     run = uuid.uuid4().hex[:12]
     key = f"smoke-{run}"
@@ -175,7 +195,7 @@ def smoke_run(
         except Exception as exc:  # a broken deployment may fail in any way; report it
             detail, ok = f"{exc.__class__.__name__}: {exc}", False
         result = Step(
-            name, ok, (time.perf_counter() - started) * 1000, detail, f"{RUNBOOK}/{runbook}"
+            name, ok, (time.perf_counter() - started) * 1000, detail, runbook_url(runbook)
         )
         report.steps.append(result)
         emit(result.render())
@@ -289,6 +309,14 @@ def smoke_run(
             ),
         )
         step("event lookup", "ingest.md#retracing-an-event", check_lookup)
+        # The conflict step is meant to be refused; its rejection is smoke's own traffic, not
+        # work for a person, so it is dismissed at once (audited) and the backlog stays at zero.
+        for rejection in IngestRejection.objects.filter(
+            idempotency_key=key, customer_ref=SMOKE_CUSTOMER, status=IngestRejection.Status.OPEN
+        ):
+            ingest_services.rejection_dismiss(
+                rejection=rejection, actor=None, reason="smoke check: the conflict is expected"
+            )
         step("webhook signed+stored", "webhooks.md#signature-failures", check_webhook)
         step(
             "outbound webhook delivered",

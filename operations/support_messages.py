@@ -50,14 +50,14 @@ TEMPLATES: dict[str, SupportTemplate] = {
         SupportTemplate(
             "credit_issued",
             "Credit issued",
-            "Hello {name}, we have added a credit of {amount} {currency} to your account "
+            "Hello {name}, we have added a credit of {amount} to your account "
             "({reason}). It will be applied automatically to your next invoice. Your credit "
-            "balance is now {balance} {currency}.",
+            "balance is now {balance}.",
         ),
         SupportTemplate(
             "refund_processed",
             "Refund processed",
-            "Hello {name}, refund processed: {amount} {currency} back to your card for invoice "
+            "Hello {name}, refund processed: {amount} back to your card for invoice "
             "{invoice_number}. Depending on your bank it can take 5–10 business days to "  # noqa: RUF001
             "appear on your statement.",
         ),
@@ -65,27 +65,27 @@ TEMPLATES: dict[str, SupportTemplate] = {
             "dispute_opened",
             "Dispute opened",
             "Hello {name}, we have been notified of a dispute on invoice {invoice_number} for "
-            "{amount} {currency}. If this was unintended, please reply and we will help "
+            "{amount}. If this was unintended, please reply and we will help "
             "resolve it.",
         ),
         SupportTemplate(
             "dispute_lost",
             "Dispute closed: lost",
-            "Hello {name}, dispute closed: lost. Your card issuer returned {amount} {currency} "
+            "Hello {name}, dispute closed: lost. Your card issuer returned {amount} "
             "for invoice {invoice_number} to your card; that payment is reversed and nothing "
             "further comes back to you for it.",
         ),
         SupportTemplate(
             "dispute_closed",
             "Dispute closed in our favour",
-            "Hello {name}, dispute closed: {outcome}. The payment of {amount} {currency} for "
+            "Hello {name}, dispute closed: {outcome}. The payment of {amount} for "
             "invoice {invoice_number} stands and nothing was returned to your card for it.",
         ),
         SupportTemplate(
             "invoice_corrected",
             "Invoice corrected",
             "Hello {name}, we found an error on invoice {old_number} and issued {new_number} in "
-            "its place (new total {total} {currency}). The original invoice is void; no action "
+            "its place (new total {total}). The original invoice is void; no action "
             "is needed.",
         ),
     )

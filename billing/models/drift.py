@@ -63,4 +63,7 @@ class DriftFinding(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Drift {self.kind} {self.window_id}/{self.metric_id}: {self.delta_amount}"
+        # No money here: __str__ cannot know the currency without a query per row.
+        if self.kind == "payment":
+            return f"Finding #{self.pk}: payment, invoice {self.invoice_id or '—'}"
+        return f"Finding #{self.pk}: usage drift, window {self.window_id}"

@@ -82,7 +82,7 @@ class BillingRun(models.Model):
         indexes = [models.Index(fields=["status", "-started_at"])]
 
     def __str__(self) -> str:
-        return f"Run {self.pk} ({self.trigger}, {self.status})"
+        return f"Run {self.pk} ({self.trigger}, {self.status}{', DRY RUN' if self.dry_run else ''})"
 
 
 class BillingShard(models.Model):

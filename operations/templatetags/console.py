@@ -8,7 +8,7 @@ from django import template
 from django.db.models import Model
 from django.urls import NoReverseMatch, reverse
 
-from operations.support_messages import money
+from neruba.money import money, quantity
 
 register = template.Library()
 
@@ -37,7 +37,17 @@ def admin_list_url(spec: tuple[str, str] | None) -> str:
 
 @register.filter
 def minor(amount: Any, currency: str) -> str:
-    """Minor units as an amount: ``1250|minor:"USD"`` -> 12.50."""
-    if amount is None:
-        return "—"
-    return money(int(amount), currency or "USD")
+    """Minor units as an amount: ``1250|minor:"USD"`` -> $12.50 (through ``neruba.money``)."""
+    return money(amount, currency or "USD")
+
+
+@register.filter
+def signed_minor(amount: Any, currency: str) -> str:
+    """A delta: ``1500|signed_minor:"USD"`` -> +$15.00."""
+    return money(amount, currency or "USD", signed=True)
+
+
+@register.filter
+def qty(value: Any) -> str:
+    """A quantity without storage noise (``1.0000000000`` -> 1)."""
+    return quantity(value)

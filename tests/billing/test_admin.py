@@ -79,8 +79,8 @@ def test_an_invoice_page_shows_lines_credits_window_and_run_read_only(
 
 def test_support_cannot_issue_a_credit_and_finance_can(console_user: Any, invoice: Invoice) -> None:
     form = {
-        "customer": str(invoice.customer_id),
-        "amount": "500",
+        "customer": invoice.customer.external_id,
+        "amount": "5.00",
         "currency": "",
         "reason_code": "goodwill",
         "note": "outage on the 3rd",
@@ -123,7 +123,9 @@ def test_finance_reruns_after_a_confirmation_that_shows_the_diff(
     finance = _client(console_user("Finance"))
     preview = _action(finance, invoice, "rerun_invoices")
     assert preview.status_code == 200
-    assert "supersede" in preview.content.decode() and "qty 10 -&gt; 20" in preview.content.decode()
+    html = preview.content.decode()
+    assert "voided and a new invoice supersedes it" in html
+    assert '<td class="num">10</td><td class="num">20</td>' in html
     missing_reason = _action(finance, invoice, "rerun_invoices", confirm="yes")
     assert missing_reason.status_code == 200 and Invoice.objects.count() == 1
     done = _action(finance, invoice, "rerun_invoices", confirm="yes", reason="late events")

@@ -110,7 +110,7 @@ def test_the_upgrade_reverses_every_cash_credit_with_an_audited_entry_and_fills_
     finding = PaymentFinding.objects.get()
     assert finding.status == "open" and finding.invoice == invoice
     assert finding.detail == (
-        "charge ch_old returned 38.00 of 19.00 USD: refunded and lost in dispute"
+        "charge ch_old returned $38.00 of $19.00: refunded and lost in dispute"
     )
 
 

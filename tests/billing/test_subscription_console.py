@@ -18,12 +18,13 @@ def _add(client: Client, customer, plan, start: str, end: str = ""):
     return client.post(
         "/admin/billing/subscription/add/",
         {
-            "customer": customer.pk,
+            "customer": customer.external_id,
             "plan": plan.pk,
             "started_at_0": start,
             "started_at_1": "00:00:00",
             "ended_at_0": end,
             "ended_at_1": "00:00:00" if end else "",
+            "change_reason": "signed the order form",
         },
     )
 
@@ -66,15 +67,63 @@ def test_only_the_end_of_a_subscription_can_change_and_the_change_is_audited(con
             "plan": other.pk,
             "ended_at_0": "2026-06-01",
             "ended_at_1": "00:00:00",
+            "change_reason": "contract ends in June",
         },
     )
     assert response.status_code == 302
     subscription.refresh_from_db()
     assert subscription.plan == plan and subscription.ended_at.month == 6
-    assert AuditEntry.objects.filter(action="subscription.end", reason="console edit").exists()
+    assert AuditEntry.objects.filter(
+        action="subscription.end", reason="contract ends in June"
+    ).exists()
     assert (
         client.post(
             f"/admin/billing/subscription/{subscription.pk}/delete/", {"post": "yes"}
         ).status_code
         == 403
     )
+
+
+def test_the_subscription_form_takes_the_customers_external_id_and_explains_an_unknown_one(
+    console_user,
+) -> None:
+    client = _finance(console_user)
+    plan = PlanFactory(code="eu-daily", currency="EUR", interval="day")
+    CustomerFactory(external_id="hooli", currency="EUR")
+    page = client.get("/admin/billing/subscription/add/").content.decode()
+    assert 'list="id_customer_options"' in page and "/console/customers/autocomplete/" in page
+    assert "eu-daily — " in page and "(EUR, per day, base fee" in page
+    assert "UTC" in page
+    missing = client.post(
+        "/admin/billing/subscription/add/",
+        {
+            "customer": "hoolli",
+            "plan": plan.pk,
+            "started_at_0": "2026-11-24",
+            "started_at_1": "00:00:00",
+            "change_reason": "typo",
+        },
+    ).content.decode()
+    row = missing[missing.index("field-customer") :][:800]
+    assert "No customer with this external id" in row
+    done = client.post(
+        "/admin/billing/subscription/add/",
+        {
+            "customer": "hooli",
+            "plan": plan.pk,
+            "started_at_0": "2026-11-24",
+            "started_at_1": "00:00:00",
+            "change_reason": "signed the order form",
+        },
+    )
+    assert done.status_code == 302
+    assert Subscription.objects.get().customer.external_id == "hooli"
+
+
+def test_the_customer_autocomplete_suggests_by_external_id_prefix_and_name(console_user) -> None:
+    CustomerFactory(external_id="hooli", name="Hooli XYZ")
+    CustomerFactory(external_id="acme", name="Acme Hooligans")
+    client = _finance(console_user)
+    found = client.get("/console/customers/autocomplete/?q=hoo").json()["results"]
+    assert [c["external_id"] for c in found] == ["hooli", "acme"]
+    assert client.get("/console/customers/autocomplete/?q=").json()["results"] == []

@@ -101,6 +101,59 @@ def test_conflicts_are_not_replayable(stream: dict[str, Any], console_user: Any)
     assert b"Replay: 0 done, 1 skipped, 0 failed." in done.content
 
 
+def test_support_dismisses_a_conflict_with_a_reason_and_it_leaves_the_open_backlog(
+    stream: dict[str, Any], console_user: Any
+) -> None:
+    client = logged_in(console_user("Support"))
+    conflict = stream["conflict"]
+    url = f"{CHANGELIST}{conflict.pk}/action/dismiss_rejections/"
+    preview = client.get(url)
+    assert preview.status_code == 200
+    assert b"closed as dismissed" in preview.content
+    assert b"A reason is required" in client.post(url, {"confirm": "yes"}).content
+    done = client.post(url, {"confirm": "yes", "reason": "the original event stands"}, follow=True)
+    assert b"1 done, 0 skipped, 0 failed" in done.content
+    conflict.refresh_from_db()
+    assert conflict.status == "dismissed"
+    entry = AuditEntry.objects.get(action="ingest_rejection.dismiss")
+    assert entry.reason == "the original event stands" and entry.actor_label == "support-user"
+    assert not IngestRejection.objects.filter(pk=conflict.pk, status="open").exists()
+    # Dismissing again does nothing; the record is still there with its payload.
+    again = client.post(url, {"confirm": "yes", "reason": "twice"}, follow=True)
+    assert b"0 done, 1 skipped" in again.content
+
+
+def test_a_dismissed_failed_rejection_can_still_be_replayed_once_its_cause_is_fixed(
+    stream: dict[str, Any], console_user: Any
+) -> None:
+    client = logged_in(console_user("Support"))
+    failed = stream["failed"]
+    client.post(
+        f"{CHANGELIST}{failed.pk}/action/dismiss_rejections/",
+        {"confirm": "yes", "reason": "unknown tenant, ignore for now"},
+    )
+    failed.refresh_from_db()
+    assert failed.status == "dismissed"
+    CustomerFactory(external_id="initech")
+    done = client.post(
+        f"{CHANGELIST}{failed.pk}/action/replay_rejections/",
+        {"confirm": "yes", "reason": "tenant onboarded after all"},
+        follow=True,
+    )
+    assert b"Replay: 1 done" in done.content
+    failed.refresh_from_db()
+    assert failed.status == "replayed"
+
+
+def test_finance_cannot_dismiss_rejections(stream: dict[str, Any], console_user: Any) -> None:
+    client = logged_in(console_user("Finance"))
+    url = f"{CHANGELIST}{stream['conflict'].pk}/action/dismiss_rejections/"
+    assert client.get(url).status_code == 403
+    assert client.post(url, {"confirm": "yes", "reason": "x"}).status_code == 403
+    stream["conflict"].refresh_from_db()
+    assert stream["conflict"].status == "open"
+
+
 def test_finance_cannot_replay_ingest(stream: dict[str, Any], console_user: Any) -> None:
     client = logged_in(console_user("Finance"))
     page = client.get(CHANGELIST)

@@ -83,8 +83,8 @@ def _console_batches(support: DjangoClient, source: str) -> str:
 def _open_rejections_count(support: DjangoClient) -> int:
     response = support.get("/admin/")
     assert response.status_code == 200
-    (item,) = [i for i in response.context["backlog"] if i["label"] == "Open ingest rejections"]
-    return item["count"]
+    (item,) = [i for i in response.context["queue"] if i["key"] == "open_rejections"]
+    return item["n"]
 
 
 # --- OpenMeter -----------------------------------------------------------------------------------

@@ -99,7 +99,9 @@ def test_a_forced_post_without_the_permission_is_refused(keys: tuple[ApiKey, Api
         assert viewer.post(KEYS_URL, data).status_code == 403
     live.refresh_from_db()
     assert not live.revoked
-    assert not AuditEntry.objects.filter(action="api_key.revoke", target_id=str(live.pk)).exists()
+    assert not AuditEntry.objects.filter(
+        action="api_key.revoke", target_id=f"prefix:{live.prefix}"
+    ).exists()
 
 
 def test_the_confirmation_page_shows_what_will_happen_and_changes_nothing(
@@ -129,7 +131,9 @@ def test_confirming_without_a_reason_re_renders_with_an_error_and_changes_nothin
     assert "A reason is required." in page.content.decode()
     live.refresh_from_db()
     assert not live.revoked
-    assert not AuditEntry.objects.filter(action="api_key.revoke", target_id=str(live.pk)).exists()
+    assert not AuditEntry.objects.filter(
+        action="api_key.revoke", target_id=f"prefix:{live.prefix}"
+    ).exists()
 
 
 def test_confirming_with_a_reason_runs_the_service_audits_and_reports_counts(
@@ -145,7 +149,7 @@ def test_confirming_with_a_reason_runs_the_service_audits_and_reports_counts(
     assert messages_of(response) == ["Revoke API keys: 1 done, 1 skipped, 0 failed."]
     live.refresh_from_db()
     assert live.revoked and live.revoked_at is not None
-    entry = AuditEntry.objects.get(action="api_key.revoke", target_id=str(live.pk))
+    entry = AuditEntry.objects.get(action="api_key.revoke", target_id=f"prefix:{live.prefix}")
     assert entry.actor == user and entry.actor_label == user.username
     assert entry.reason == "leaked in a CI log"
     assert (entry.before, entry.after) == ({"revoked": False}, {"revoked": True})

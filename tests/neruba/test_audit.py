@@ -162,7 +162,7 @@ def test_create_api_key_prints_the_key_once_and_stores_only_its_hash() -> None:
     assert ApiKey.objects.get_from_key(raw) == api_key
     assert api_key.scopes == ["ingest", "read"] and api_key.name == "billing-svc"
     entry = AuditEntry.objects.get(action="api_key.create")
-    assert entry.actor_label == "system" and entry.target_id == str(api_key.pk)
+    assert entry.actor_label == "system" and entry.target_id == f"prefix:{api_key.prefix}"
     assert entry.after == {
         "name": "billing-svc",
         "prefix": api_key.prefix,

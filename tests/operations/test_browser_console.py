@@ -1,15 +1,14 @@
 """The console in a real browser (Playwright driving the system Chromium), logged in through the
-login form as each role. Screenshots go to test-artifacts/console/."""
+login form as each role (fixtures in tests/operations/conftest.py). Screenshots go to
+test-artifacts/console/."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.utils import timezone
 
 from billing import services as billing_services
@@ -18,9 +17,7 @@ from billing.periods import period_floor
 from ingest.models import IngestRejection, UsageEvent
 from ingest.services import events_ingest
 from neruba.models import AuditEntry, Customer
-from operations.roles import ROLES
 from tests import factories
-from tests.conftest import CHROMIUM
 from webhooks.models import StripeEvent
 from webhooks.samples import event_body, stripe_event, stripe_object
 
@@ -28,56 +25,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"
 PASSWORD = "pw-Neruba-123"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls made here between
-    # page steps are plain synchronous calls, so Django's async guard is off while the browser
-    # runs (and only then).
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def roles(transactional_db: None) -> None:
-    """A transactional test starts from a flushed database: the role groups the migration made
-    are gone, so they are made again from the same declaration."""
-    for name, role in ROLES.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        perms = []
-        for dotted in role["permissions"]:
-            app_label, codename = dotted.split(".", 1)
-            perms.append(
-                Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            )
-        group.permissions.set(perms)
-
-
-@pytest.fixture
-def page(browser: Any, live_server: Any, roles: None) -> Iterator[Any]:
-    context = browser.new_context(
-        base_url=live_server.url, viewport={"width": 1400, "height": 1000}
-    )
-    context.set_default_timeout(10_000)
-    tab = context.new_page()
-    yield tab
-    context.close()
 
 
 def login(page: Any, role: str) -> None:
@@ -123,6 +70,7 @@ def test_support_replays_a_rejection_after_creating_the_missing_customer(page: A
     page.fill("#id_external_id", "globex")
     page.fill("#id_name", "Globex")
     page.fill("#id_email", "ops@globex.example")
+    page.fill("#id_change_reason", "Globex signed up; its usage was rejected")
     page.click("input[name=_save]")
     assert "was added successfully" in page.inner_text(".messagelist")
     globex = Customer.objects.get(external_id="globex")
@@ -143,15 +91,15 @@ def test_finance_issues_a_credit_and_sees_it_in_the_ledger_and_the_audit_log(pag
     login(page, "Finance")
     page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
     page.click("a.guarded-object-action:has-text('Issue a credit')")
-    page.fill("#id_amount", "1500")
+    page.fill("#id_amount", "15.00")
     page.select_option("#id_reason_code", "goodwill")
     shot(page, "finance-credit-confirm")
     assert "Issue a credit: 1 done" in confirm(page, "API outage on the 3rd, agreed with the CFO")
     page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
-    assert "15.00 USD" in page.inner_text("#hub-balance")
+    assert "$15.00" in page.inner_text("#hub-balance")
     page.wait_for_selector("#usage-so-far")  # the usage panel fills itself in
     assert "Amount so far (pro)" in page.inner_text("#hub-usage")
-    assert "added a credit of 15.00 USD" in page.input_value("textarea.support-message")
+    assert "added a credit of $15.00" in page.input_value("textarea.support-message")
     shot(page, "finance-customer-hub")
     page.goto("/admin/billing/creditentry/?customer=acme")
     assert "API outage on the 3rd" in page.inner_text("#result_list")
@@ -290,16 +238,16 @@ def test_finance_sees_a_refunded_and_lost_charge_as_cash_never_credit_and_closes
     page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
     assert "No credits." in page.inner_text("#hub-balance")
     cash = page.inner_text("#hub-cash")
-    assert "19.00" in cash and "-19.00" in cash
+    assert "$19.00" in cash and "-$19.00" in cash
     replies = page.locator("textarea.support-message")
     texts = [replies.nth(i).input_value() for i in range(replies.count())]
     assert any("dispute closed: lost" in text for text in texts)
-    assert any("refund processed: 19.00 USD back to your card" in text for text in texts)
+    assert any("refund processed: $19.00 back to your card" in text for text in texts)
     shot(page, "finance-hub-cash")
     page.click("#hub-payment_findings a:has-text('ch_browser')")
     page.wait_for_url("**/paymentfinding/*/change/")
     detail = page.inner_text("#content")
-    assert "returned 38.00 of 19.00 USD: refunded and lost in dispute" in detail
+    assert "returned $38.00 of $19.00: refunded and lost in dispute" in detail
     page.click("a.guarded-object-action:has-text('Mark handled')")
     assert "no balance moves" in page.inner_text(".guarded-preview")
     message = confirm(page, "Chargeback accepted; refund stands")
@@ -309,11 +257,11 @@ def test_finance_sees_a_refunded_and_lost_charge_as_cash_never_credit_and_closes
 
     page.goto(f"/admin/billing/invoice/{invoice.pk}/change/")
     assert (
-        "charged 19.00, paid 19.00, refunded 19.00, lost in disputes 19.00, collected -19.00 USD"
+        "charged $19.00, paid $19.00, refunded $19.00, lost in disputes $19.00, collected -$19.00"
         in page.inner_text("#content")
     )
     shot(page, "finance-invoice-cash")
     page.goto("/admin/billing/creditentry/?customer=acme-cash")
     ledger = page.inner_text("#ledger-cash")
-    assert "0.00" in ledger and "-19.00" in ledger
+    assert "$0.00" in ledger and "-$19.00" in ledger
     shot(page, "finance-ledger-cash")

@@ -39,10 +39,10 @@ def test_finance_issues_a_credit_from_the_customer_page_with_a_reason_and_it_is_
     assert 'name="amount"' in page and 'name="reason_code"' in page and 'name="reason"' in page
     assert "is added to acme" in page
     response = client.post(
-        url, {"confirm": "yes", "amount": "1500", "reason_code": "goodwill", "reason": "outage"}
+        url, {"confirm": "yes", "amount": "15.00", "reason_code": "goodwill", "reason": "outage"}
     )
     assert response.status_code == 302
-    assert "Issue a credit: 1 done, 0 skipped, 0 failed." in _messages(response)
+    assert "Issue a credit: 1 done, 0 skipped, 0 failed. (amount $15.00)" in _messages(response)
     entry = CreditEntry.objects.get()
     assert (entry.amount, entry.currency, entry.reason_code) == (1500, "USD", "goodwill")
     audit = AuditEntry.objects.get(action="credit.grant")
@@ -78,7 +78,7 @@ def test_support_and_operations_cannot_issue_credits(
             "action": "issue_credit",
             "_selected_action": [catalog["customer"].pk],
             "confirm": "yes",
-            "amount": "100",
+            "amount": "1.00",
             "reason_code": "goodwill",
             "reason": "x",
         },
@@ -101,7 +101,7 @@ def test_finance_records_a_correction_credit_linked_to_the_invoice(
     client = client_for(console_user, "Finance")
     url = _action_url(january, "record_correction")
     assert "the invoice itself is not changed" in client.get(url).content.decode()
-    client.post(url, {"confirm": "yes", "amount": "300", "reason": "wrong seat count"})
+    client.post(url, {"confirm": "yes", "amount": "3", "reason": "wrong seat count"})
     entry = CreditEntry.objects.get()
     assert (entry.invoice, entry.reason_code, entry.amount) == (january, "correction", 300)
     audit = AuditEntry.objects.get(action="credit.grant")
@@ -127,7 +127,8 @@ def test_the_rerun_confirmation_page_shows_the_dry_run_diff_before_anything_chan
         ingest(*(call(f"late-{n}") for n in range(4)))
     client = client_for(console_user, "Finance")
     page = client.get(_action_url(january, "rerun_invoices")).content.decode()
-    assert "supersede" in page and "qty 10 -&gt; 14" in page
+    assert "voided and a new invoice supersedes it" in page
+    assert '<td class="num">10</td><td class="num">14</td>' in page
     assert Invoice.objects.count() == 1
     client.post(_action_url(january, "rerun_invoices"), {"confirm": "yes", "reason": "late"})
     january.refresh_from_db()

@@ -44,11 +44,12 @@ def test_a_superuser_moving_a_user_between_roles_is_audited_without_the_password
             "groups": [finance.pk],
             "date_joined_0": "2026-01-01",
             "date_joined_1": "00:00:00",
+            "change_reason": "moved to finance",
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     entry = AuditEntry.objects.get(action="user.update")
-    assert entry.actor_label == "superuser-user" and entry.reason == "console edit"
+    assert entry.actor_label == "superuser-user" and entry.reason == "moved to finance"
     assert entry.before["groups"] == ["Support"] and entry.after["groups"] == ["Finance"]
     assert "password" not in entry.after and "pbkdf2" not in str(entry.after)
 
@@ -56,7 +57,10 @@ def test_a_superuser_moving_a_user_between_roles_is_audited_without_the_password
 def test_a_superuser_changing_a_roles_permissions_is_audited(console_user: Any) -> None:
     client = client_for(console_user, "superuser")
     group = Group.objects.create(name="Auditors")
-    client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "Readers", "permissions": []})
+    client.post(
+        f"/admin/auth/group/{group.pk}/change/",
+        {"name": "Readers", "permissions": [], "change_reason": "renamed"},
+    )
     entry = AuditEntry.objects.get(action="group.update")
     assert (entry.before["name"], entry.after["name"]) == ("Auditors", "Readers")
 

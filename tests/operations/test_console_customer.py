@@ -104,7 +104,7 @@ def test_the_customer_page_shows_every_part_of_the_customers_history(
     assert "re_1" in html and "dp_1" in html and "evt_hub" in html
     assert "charge ch_hub returned 10.00 of 5.00 USD: refunded and lost in dispute" in html
     assert "k-bad" in html and "unknown_metric" in html
-    assert "2.50 USD" in html  # the credit balance
+    assert "$2.50" in html  # the credit balance
     assert f"/console/customers/{history['customer'].pk}/usage/" in html
     assert "credit.grant" in html
 
@@ -119,7 +119,7 @@ def test_the_usage_panel_shows_the_open_windows_quantities_and_amount_so_far(
     ingest(*(call(f"now-{n}", at=now - timedelta(minutes=5)) for n in range(4)))
     html = client_for(console_user, "Operations").get(url).content.decode()
     # Base fee 10.00 plus 4 calls at 0.5 cents each, rounded half-even on the line.
-    assert "Amount so far (pro)" in html and "10.02 USD" in html
+    assert "Amount so far (pro)" in html and "$10.02" in html
     from django.contrib.auth.models import User
 
     bare = User.objects.create_user("bare", password="x-Password-1", is_staff=True)
@@ -265,9 +265,9 @@ def test_the_customer_page_renders_each_reply_template_filled_from_the_records(
 ) -> None:
     html = client_for(console_user, "Support").get(_customer_url(history)).content.decode()
     number = history["invoice"].number
-    assert "we have added a credit of 2.50 USD to your account (a goodwill gesture)" in html
-    assert f"refund processed: 5.00 USD back to your card for invoice {number}" in html
-    assert f"dispute on invoice {number} for 7.00 USD" in html
+    assert "we have added a credit of $2.50 to your account (a goodwill gesture)" in html
+    assert f"refund processed: $5.00 back to your card for invoice {number}" in html
+    assert f"dispute on invoice {number} for $7.00" in html
 
 
 def test_the_invoice_page_renders_the_invoice_corrected_reply_after_a_rerun(

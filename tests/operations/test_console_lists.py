@@ -78,11 +78,13 @@ def test_the_console_benchmark_renders_every_page_and_cleans_up_after_itself() -
             "--customers=20",
             "--repeat=1",
             "--target-ms=5000",
+            "--search-target-ms=5000",
             stdout=out,
         )
     finally:
         print(out.getvalue())  # the per-page report, shown when the test fails
     text = out.getvalue()
     assert "customer hub page (heavy)" in text and "stripe events" in text
+    assert "search: idempotency key prefix" in text and "console home (work queue)" in text
     assert "all pages within target" in text
     assert not UsageEvent.objects.exists() and not StripeEvent.objects.exists()

@@ -13,6 +13,7 @@ from billing import payments
 from billing.models import CreditEntry, Invoice, PaymentFinding
 from billing.services import invoice_mark_paid
 from neruba.models import AuditEntry
+from neruba.money import money
 from tests.operations.console import FEB_LATER, JAN, bill_january, call, client_for, ingest
 
 pytestmark = pytest.mark.django_db
@@ -53,7 +54,7 @@ def over_returned(catalog: dict[str, Any]) -> Invoice:
 
 
 def _major(amount: int) -> str:
-    return f"{amount / 100:.2f}"
+    return money(amount, "USD")
 
 
 def test_the_hub_shows_the_cash_story_apart_from_a_zero_credit_balance(
@@ -75,7 +76,7 @@ def test_the_hub_shows_the_cash_story_apart_from_a_zero_credit_balance(
         f"<td>{_major(total)}</td><td><strong>{_major(-total)}</strong></td>"
     )
     assert row in cash
-    assert f"returned {_major(2 * total)} of {_major(total)} USD: {FINDING}" in html
+    assert f"returned {_major(2 * total)} of {_major(total)}: {FINDING}" in html
     assert "dispute closed: lost" in html  # the ready-to-send reply
     assert not CreditEntry.objects.exists()
 
@@ -91,7 +92,7 @@ def test_the_invoice_page_shows_the_cash_story_refunds_disputes_and_the_finding(
     t = _major(over_returned.total)
     assert (
         f"charged {t}, paid {t}, refunded {t}, lost in disputes {t}, collected "
-        f"{_major(-over_returned.total)} USD"
+        f"{_major(-over_returned.total)}"
     ) in html
     assert "re_console" in html and "dp_console" in html
     assert FINDING in html
@@ -107,7 +108,7 @@ def test_the_ledger_filtered_to_a_customer_shows_its_cash_beside_the_credit_bala
     )
     box = html.split('id="ledger-cash"')[1].split("</table>")[0]
     t = _major(over_returned.total)
-    assert f"<td>USD</td><td><strong>0.00</strong></td><td>{t}</td><td>{t}</td><td>{t}</td>" in box
+    assert f"<td>USD</td><td><strong>$0.00</strong></td><td>{t}</td><td>{t}</td><td>{t}</td>" in box
     assert f"<td>{_major(-over_returned.total)}</td>" in box
 
 
@@ -154,7 +155,7 @@ def test_a_credit_in_another_currency_is_refused_in_the_console_with_the_reason(
     customer = catalog["customer"]
     finance = client_for(console_user, "Finance")
     form = {
-        "customer": str(customer.pk),
+        "customer": customer.external_id,
         "amount": "100",
         "currency": "XYZ",
         "reason_code": "goodwill",
@@ -165,19 +166,9 @@ def test_a_credit_in_another_currency_is_refused_in_the_console_with_the_reason(
     assert "must be in the customer&#x27;s currency (USD), not XYZ" in page.content.decode()
 
     url = f"/admin/neruba/customer/{customer.pk}/action/issue_credit/"
-    done = finance.post(
-        url,
-        {
-            "confirm": "yes",
-            "reason": "sorry",
-            "amount": "100",
-            "currency": "EUR",
-            "reason_code": "goodwill",
-        },
-        follow=True,
-    )
-    text = done.content.decode()
-    assert "1 failed" in text and "must be in USD, the customer&#x27;s currency, not EUR" in text
+    # The customer page's credit form has no currency to choose: it is the customer's own.
+    confirmation = finance.get(url).content.decode()
+    assert 'name="currency"' not in confirmation and "Amount in USD" in confirmation
     assert not CreditEntry.objects.exists()
 
     refused_code = finance.post(
@@ -192,7 +183,7 @@ def test_a_credit_in_another_currency_is_refused_in_the_console_with_the_reason(
         {
             "confirm": "yes",
             "reason": "chose credit",
-            "amount": "100",
+            "amount": "1.00",
             "reason_code": "refund_as_credit",
         },
         follow=True,

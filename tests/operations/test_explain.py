@@ -10,6 +10,7 @@ import time_machine
 from django.contrib.auth.models import User
 
 from billing.models import BillingWindow, DriftFinding, Price
+from neruba.money import money
 from operations.explain import explain_key, explanation_dict
 from tests.factories import CustomerFactory
 from tests.operations.console import FEB_LATER, JAN, bill_january, call, client_for, ingest
@@ -37,9 +38,23 @@ def test_a_rejected_event_names_the_error_and_says_it_can_be_replayed_once_fixed
     explanation = explain_key(idempotency_key="k-unknown")
     assert "rejected" in explanation.verdict and "never stored" in explanation.verdict
     assert explanation.steps[-1].status == "warn"
-    assert "does not exist" in explanation.steps[-1].detail
+    assert "would fail: unknown_customer" in explanation.steps[-1].detail
     CustomerFactory(external_id="globex")
     assert explain_key(idempotency_key="k-unknown").steps[-1].status == "ok"
+
+
+def test_a_too_old_rejection_is_never_called_replayable_because_the_replay_would_fail(
+    catalog: dict[str, Any], settings: Any
+) -> None:
+    settings.NERUBA = {**settings.NERUBA, "NERUBA_INGEST_MAX_AGE": 3600}
+    with time_machine.travel(JAN + timedelta(days=4), tick=False):
+        (result,) = ingest(call("k-old", at=JAN))
+    assert result["error"]["code"] == "timestamp_too_old"
+    step = explain_key(idempotency_key="k-old").steps[-1]
+    assert step.title == "Can it be replayed now?"
+    assert step.status == "warn"
+    assert "would fail: timestamp_too_old" in step.detail
+    assert "dismiss the rejection" in step.detail
 
 
 @time_machine.travel(JAN + timedelta(days=4), tick=False)
@@ -177,12 +192,12 @@ def test_a_billed_event_tells_the_cash_story_of_its_invoice(
         s["title"]: s["detail"]
         for s in explanation_dict(explain_key(idempotency_key="k-cash"))["steps"]
     }
-    paid = f"{invoice.total / 100:.2f}"
-    collected = f"{(invoice.total - 633) / 100:.2f}"
+    paid = money(invoice.total, "USD")
+    collected = money(invoice.total - 633, "USD")
     assert steps["Payment"] == (
-        f"Invoice {invoice.number}: charged {paid}, paid {paid}, refunded 6.33, lost in disputes "
-        f"0.00, collected {collected} USD."
+        f"Invoice {invoice.number}: charged {paid}, paid {paid}, refunded $6.33, lost in "
+        f"disputes $0.00, collected {collected}."
     )
-    assert steps["Refund re_explain"] == "refund processed: 6.33 USD back to the card."
+    assert steps["Refund re_explain"] == "refund processed: $6.33 back to the card."
     assert Refund.objects.get().invoice == invoice
     assert not any("credit" in detail.lower() for detail in steps.values())

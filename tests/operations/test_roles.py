@@ -146,6 +146,7 @@ def test_support_can_add_a_customer_through_the_console(
             "email": "",
             "currency": "USD",
             "stripe_customer_id": "",
+            "change_reason": "customer asked by email",
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
@@ -167,6 +168,7 @@ def test_support_can_fix_a_customer_and_the_change_is_audited(
             "email": customer.email,
             "currency": "USD",
             "stripe_customer_id": "",
+            "change_reason": "customer asked by email",
         },
     )
     assert response.status_code == 302
@@ -190,6 +192,7 @@ def test_the_console_does_not_offer_to_rename_a_customers_external_id(
             "email": "",
             "currency": "USD",
             "stripe_customer_id": "",
+            "change_reason": "customer asked by email",
         },
     )
     assert response.status_code == 302
@@ -228,15 +231,17 @@ def test_finance_can_add_a_plan_through_the_console(console_user: Callable[[str]
             "name": "Scale",
             "currency": "USD",
             "interval": "month",
-            "base_amount": "49900",
+            "base_amount": "499.00",
             "prices-TOTAL_FORMS": "0",
             "prices-INITIAL_FORMS": "0",
             "prices-MIN_NUM_FORMS": "0",
             "prices-MAX_NUM_FORMS": "1000",
+            "change_reason": "new plan for Q3",
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     plan = Plan.objects.get(code="scale")
+    assert plan.base_amount == 49900  # typed as 499.00
     entry = AuditEntry.objects.get(action="plan.create", target_id=str(plan.pk))
     assert entry.actor_label == "finance-user"
 
@@ -273,7 +278,13 @@ def test_operations_can_create_an_api_key_and_sees_it_once(
     client = login(console_user, "Operations")
     response = client.post(
         "/admin/neruba/apikey/add/",
-        {"name": "billing-svc", "scopes": ["ingest"], "expiry_date_0": "", "expiry_date_1": ""},
+        {
+            "name": "billing-svc",
+            "scopes": ["ingest"],
+            "expiry_date_0": "",
+            "expiry_date_1": "",
+            "change_reason": "billing service",
+        },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     api_key = ApiKey.objects.get(name="billing-svc")
@@ -289,7 +300,13 @@ def test_operations_can_add_a_metric(console_user: Callable[[str], User]) -> Non
     client = login(console_user, "Operations")
     response = client.post(
         "/admin/ingest/metric/add/",
-        {"code": "gpu_seconds", "name": "GPU seconds", "aggregation": "sum", "field": "seconds"},
+        {
+            "code": "gpu_seconds",
+            "name": "GPU seconds",
+            "aggregation": "sum",
+            "field": "seconds",
+            "change_reason": "GPU product",
+        },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Metric.objects.filter(code="gpu_seconds").exists()

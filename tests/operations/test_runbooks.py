@@ -126,3 +126,14 @@ def test_a_stripe_event_page_links_to_its_runbook_sections(console_user) -> None
     page = client.get(f"/admin/webhooks/stripeevent/{event.pk}/change/").content.decode()
     assert "/console/runbooks/webhooks#failed-and-dead-events" in page
     assert "/console/runbooks/webhooks#replaying-stripe-events" in page
+
+
+@pytest.mark.django_db
+def test_console_paths_in_runbooks_are_links_and_the_title_shows_once(console_user) -> None:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(console_user("Operations"))
+    html = client.get("/console/runbooks/console").content.decode()
+    assert '<a href="/admin/webhooks/stripeevent/?status__exact=dead"><code>' in html
+    assert html.count(">The operator console</h1>") == 1

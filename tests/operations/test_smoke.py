@@ -5,8 +5,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from ingest.models import UsageEvent
-from neruba.models import ApiKey, Customer
+from ingest.models import IngestRejection, UsageEvent
+from neruba.models import ApiKey, AuditEntry, Customer
 from neruba.servers import gunicorn_server
 from operations.health import heartbeat_record
 from operations.smoke import SMOKE_CUSTOMER, smoke_run
@@ -41,6 +41,30 @@ def test_smoke_passes_in_process_and_its_data_is_never_billed() -> None:
 
 
 @pytest.mark.django_db
+def test_repeated_smoke_runs_leave_no_open_rejection_and_each_dismissal_is_audited() -> None:
+    heartbeat_record(name="beat")
+    for _ in range(3):
+        assert smoke_run(emit=lambda line: None).ok
+    assert not IngestRejection.objects.filter(status="open").exists()
+    assert IngestRejection.objects.filter(status="dismissed", outcome="conflict").count() == 3
+    assert AuditEntry.objects.filter(action="ingest_rejection.dismiss").count() == 3
+
+
+@pytest.mark.django_db
+def test_smoke_names_the_console_runbook_url_when_it_knows_the_base_url() -> None:
+    lines: list[str] = []
+    # Nothing listens on port 9 (discard): every step fails fast, and each names its runbook.
+    report = smoke_run(base_url="http://127.0.0.1:9/", api_key="unused", emit=lines.append)
+    assert not report.ok
+    readiness = report.steps[0]
+    assert readiness.runbook == "http://127.0.0.1:9/console/runbooks/incident-triage#readiness"
+    assert any(
+        "-> runbook: http://127.0.0.1:9/console/runbooks/incident-triage#readiness" in line
+        for line in lines
+    )
+
+
+@pytest.mark.django_db
 def test_smoke_with_a_wrong_webhook_secret_fails_at_the_webhook_step_and_names_the_runbook() -> (
     None
 ):
@@ -50,8 +74,10 @@ def test_smoke_with_a_wrong_webhook_secret_fails_at_the_webhook_step_and_names_t
     failed = [s for s in report.steps if not s.ok]
     assert [s.name for s in failed] == ["webhook signed+stored"]
     assert "bad_signature" in failed[0].detail
-    assert failed[0].runbook == "docs/runbooks/webhooks.md#signature-failures"
-    assert any("-> runbook: docs/runbooks/webhooks.md#signature-failures" in line for line in lines)
+    assert failed[0].runbook.startswith("/console/runbooks/webhooks#signature-failures")
+    assert any(
+        "-> runbook: /console/runbooks/webhooks#signature-failures" in line for line in lines
+    )
     assert lines[-1].startswith("smoke: FAIL 7/8")
 
 
@@ -83,3 +109,11 @@ def test_smoke_passes_against_a_gunicorn_server_on_postgresql_and_redis() -> Non
         report = smoke_run(base_url=base, emit=lines.append)
     assert report.ok, "\n".join(lines)
     assert report.target.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.django_db
+def test_in_process_smoke_does_not_repeat_its_own_expected_refusals_as_warnings(caplog) -> None:
+    heartbeat_record(name="beat")
+    with caplog.at_level("WARNING", logger="django.request"):
+        assert smoke_run(emit=lambda line: None).ok
+    assert not [r for r in caplog.records if r.name == "django.request"]

@@ -322,3 +322,11 @@ def test_a_sweep_run_left_running_by_a_dead_process_is_closed_by_the_next_run() 
     assert run.status == "succeeded"
     assert dead.status == "failed" and "abandoned" in dead.error and dead.finished_at
     assert other.status == "running", "another sweep's run is not ours to close"
+
+
+@pytest.mark.django_db
+def test_reconciliation_without_a_stripe_key_says_it_skipped() -> None:
+    out = StringIO()
+    call_command("sweep", "--only", "reconciliation", stdout=out)
+    assert "skipped: no STRIPE_SECRET_KEY" in out.getvalue()
+    assert "checked=0" not in out.getvalue()

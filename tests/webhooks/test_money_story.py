@@ -26,7 +26,7 @@ from webhooks.models import StripeEvent
 from webhooks.samples import stripe_object
 
 NOW = int(time.time())
-TOTAL = 1900  # a 19.00 USD invoice, paid by one charge
+TOTAL = 1900  # a $19.00 invoice, paid by one charge
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ CASES = {
         Expected(
             refunded=TOTAL,
             disputed=TOTAL,
-            open_finding="charge {ch} returned 38.00 of 19.00 USD: refunded and lost in dispute",
+            open_finding="charge {ch} returned $38.00 of $19.00: refunded and lost in dispute",
         ),
     ),
     "lost dispute then won on appeal": (_lost_then_won, Expected(refunded=0, disputed=0)),
@@ -214,7 +214,7 @@ def test_the_replies_tell_the_cash_story_and_never_offer_credit_for_cash(deliver
     for i, (obj, type, offset) in enumerate(_two_partial_refunds(invoice, ch)):
         deliver(*delivery(obj, type=type, id=f"evt_reply_{i}", created=NOW - 50 + offset))
     texts = {m.template.key: m.body for m in messages_for_customer(customer=invoice.customer)}
-    assert "refund processed: 6.33 USD back to your card" in texts["refund_processed"]
+    assert "refund processed: $6.33 back to your card" in texts["refund_processed"]
     assert "credit_issued" not in texts
 
     for i, status in enumerate(["needs_response", "lost"]):
@@ -228,7 +228,7 @@ def test_the_replies_tell_the_cash_story_and_never_offer_credit_for_cash(deliver
         )
     texts = {m.template.key: m.body for m in messages_for_customer(customer=invoice.customer)}
     assert "dispute closed: lost" in texts["dispute_lost"]
-    assert "19.00 USD" in texts["dispute_lost"]
+    assert "$19.00" in texts["dispute_lost"]
     for body in texts.values():
         assert "credit" not in body.lower() and "next invoice" not in body.lower()
 
@@ -276,7 +276,7 @@ def test_a_refund_and_a_lost_dispute_processed_at_once_raise_one_finding_and_exa
     finding = PaymentFinding.objects.get()
     assert finding.status == "open" and finding.returned == 2 * TOTAL
     assert finding.detail == (
-        "charge ch_race returned 38.00 of 19.00 USD: refunded and lost in dispute"
+        "charge ch_race returned $38.00 of $19.00: refunded and lost in dispute"
     )
     assert AuditEntry.objects.filter(action="payment_finding.open").count() == 1
     assert not CreditEntry.objects.exists()

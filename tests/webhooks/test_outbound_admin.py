@@ -73,7 +73,8 @@ def test_every_role_sees_the_endpoint_page_and_the_message_page(
     assert "credit.granted" in message_page and "HTTP 400" in message_page
     assert "&quot;amount&quot;: 250" in message_page  # the payload, pretty-printed
     home = client.get(reverse("admin:index")).content.decode()
-    assert "Dead outbound webhooks" in home
+    # The home page is a work queue: the dead-delivery row is for those who can replay it.
+    assert ("Dead outbound webhooks" in home) == (role in ("Operations", "superuser"))
 
 
 def test_operations_replays_a_message_with_a_preview_a_reason_and_an_audit_entry(

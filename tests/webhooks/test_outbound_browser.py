@@ -10,14 +10,8 @@ import pytest
 from billing import services
 from neruba.models import AuditEntry
 from tests import factories
-from tests.operations.test_browser_console import (  # noqa: F401 - fixtures
-    browser,
-    confirm,
-    login,
-    page,
-    roles,
-    shot,
-)
+from tests.operations.conftest import browser, page, roles  # noqa: F401 - fixtures
+from tests.operations.test_browser_console import confirm, login, shot
 from tests.webhooks.receivers import Receiver
 from webhooks import outbound
 from webhooks.models import OutboundDelivery

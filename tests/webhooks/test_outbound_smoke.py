@@ -43,7 +43,7 @@ def test_smoke_fails_its_outbound_step_when_the_receiver_refuses() -> None:
         report = smoke_run(emit=lambda line: None)
     step = _step(report)
     assert not step.ok and "failed 503" in step.detail
-    assert step.runbook.endswith("outbound-webhooks.md#smoke-check-fails")
+    assert step.runbook.startswith("/console/runbooks/outbound-webhooks#smoke-check-fails")
 
 
 def test_smoke_without_a_subscribed_endpoint_says_nothing_was_sent() -> None:
