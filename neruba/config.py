@@ -256,6 +256,12 @@ VARIABLES: tuple[Var, ...] = (
     Var("NERUBA_BILLING_SCAN_INTERVAL", "duration", "60s", "How often beat starts a billing scan."),
     Var("NERUBA_LOCK_TTL", "duration", "120s", "Lease length of scheduler locks."),
     Var(
+        "NERUBA_LOCK_WAIT",
+        "duration",
+        "2s",
+        "Longest wait for a scheduler lock row; a wait that runs out counts as lock_held.",
+    ),
+    Var(
         "NERUBA_HEARTBEAT_MAX_AGE",
         "duration",
         "180s",

@@ -279,3 +279,4 @@ LOGGING = {
 # --- Neruba ---------------------------------------------------------------------------------
 NERUBA = {name: CONFIG[name] for name in CONFIG.values}
 NERUBA_LOCK_TTL = timedelta(seconds=CONFIG["NERUBA_LOCK_TTL"])
+NERUBA_LOCK_WAIT = timedelta(seconds=CONFIG["NERUBA_LOCK_WAIT"])
