@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from neruba.locks import (
     Lease,
@@ -49,9 +49,11 @@ def fenced(lease: Lease | None) -> Iterator[None]:
             lock_assert_held(lease=lease)
             yield
             lock_confirm_held(lease=lease)
-    except (OperationalError, InterfaceError) as exc:
-        # Outermost only: a nested block cannot reconnect inside its caller's transaction.
-        if outermost and not _still_held(lease):
+    except DatabaseError as exc:
+        # Timeouts and ended sessions arrive as OperationalError, InternalError (idle in
+        # transaction) or InterfaceError. Outermost only: a nested block cannot reconnect
+        # inside its caller's transaction.
+        if outermost and not isinstance(exc, IntegrityError) and not _still_held(lease):
             raise LockLost(details={"lock": lease.name, "token": lease.token}) from exc
         raise
 
@@ -59,7 +61,7 @@ def fenced(lease: Lease | None) -> Iterator[None]:
 def _still_held(lease: Lease) -> bool:
     try:
         return lock_is_held(lease=lease)
-    except (OperationalError, InterfaceError):
+    except DatabaseError:
         connection.close()  # the session was ended; the next query opens a new one
         return lock_is_held(lease=lease)
 
