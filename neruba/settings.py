@@ -224,7 +224,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["neruba.auth.ApiKeyRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"api_key": CONFIG["NERUBA_API_THROTTLE"]},
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["neruba.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "neruba.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "neruba.schema.NerubaAutoSchema",
     "UNAUTHENTICATED_USER": None,

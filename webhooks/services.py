@@ -15,7 +15,6 @@ and the retry beat takes it over.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from billing.payments import invoice_for_provider
 from neruba import audit, context
+from neruba.jsonparse import JsonRejected, loads_strict
 from neruba.metrics import REPLAYS, WEBHOOK_PROCESSING, WEBHOOK_RECEIPTS
 from neruba.models import Customer
 from webhooks import handlers
@@ -129,9 +129,12 @@ def signature_verify(
 
 def _parse_event(payload: str) -> dict[str, Any]:
     try:
-        data = json.loads(payload)
-    except ValueError:
-        data = None
+        data = loads_strict(payload)
+    except JsonRejected as exc:
+        # Not JSON at all is "not an event"; strictness failures keep their own codes.
+        if exc.code == "malformed_request":
+            raise _reject("not_an_event", "The body is not a Stripe event.") from None
+        raise _reject(exc.code, exc.message) from None
     if (
         not isinstance(data, dict)
         or data.get("object") != "event"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ingest.envelope import CLOUDEVENT, CLOUDEVENT_BATCH, parse_envelope
 from ingest.exceptions import MalformedEnvelope, TooManyEvents, UnsupportedMediaType
 from ingest.validation import extract_value, parse_item
+from neruba.jsonparse import JsonRejected
 
 ITEM_CODES = {"invalid_event", "missing_field", "invalid_field", "invalid_timestamp"}
 json_values = st.recursive(
@@ -51,7 +52,7 @@ well_formed = st.fixed_dictionaries(
 def test_any_body_is_an_envelope_or_a_whole_request_error(body: bytes, content_type: str) -> None:
     try:
         envelope = parse_envelope(body, content_type, max_items=5)
-    except (MalformedEnvelope, TooManyEvents, UnsupportedMediaType) as exc:
+    except (MalformedEnvelope, TooManyEvents, UnsupportedMediaType, JsonRejected) as exc:
         assert exc.http_status in {400, 413, 415}
         return
     assert envelope.payloads and len(envelope.payloads) <= 5
