@@ -150,10 +150,11 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
     if not getattr(user, "is_staff", False):
         return {}
     now = timezone.now()
-    ok, checks = readiness()
+    status, checks = readiness()
     context: dict[str, Any] = {
         "dashboard": True,
-        "ready": ok,
+        "ready": status == "ready",
+        "readiness": status,
         "checks": checks,
         "backlog": _backlog(user),
         "runbooks": runbook_list(),
