@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 from datetime import timedelta
 
 from django.conf import settings
@@ -53,13 +54,22 @@ def check_migrations() -> tuple[bool, str]:
     return True, "all migrations applied"
 
 
+@functools.cache
+def _redis(url: str) -> Any:
+    """One client (and its connection pool) per process: a probe pings over a kept connection
+    instead of opening one each time."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+
+
 def check_broker() -> tuple[bool, str]:
     url = settings.REDIS_URL
     if url:
         import redis
 
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+            _redis(url).ping()
             return True, "redis reachable"
         except redis.RedisError as exc:
             return False, f"redis unreachable: {exc.__class__.__name__}"
