@@ -186,7 +186,8 @@ VARIABLES: tuple[Var, ...] = (
         "NERUBA_TRUST_PROXY_HEADERS",
         "bool",
         "false",
-        "Trust X-Forwarded-Proto from the reverse proxy (sets SECURE_PROXY_SSL_HEADER).",
+        "Trust X-Forwarded-Proto and the last X-Forwarded-For address from the one reverse "
+        "proxy (sets SECURE_PROXY_SSL_HEADER; the API throttles that address).",
     ),
     Var(
         "NERUBA_SSL_REDIRECT",
@@ -220,6 +221,13 @@ VARIABLES: tuple[Var, ...] = (
         production_default="json",
     ),
     Var("NERUBA_API_THROTTLE", "rate", "120000/min", "Requests allowed per API key."),
+    Var(
+        "NERUBA_API_ADDRESS_THROTTLE",
+        "rate",
+        "300/min",
+        "Requests without a valid API key allowed per client address (checked before any key "
+        "is looked up).",
+    ),
     Var(
         "NERUBA_ADMIN_LOGIN_MAX_FAILURES",
         "int",

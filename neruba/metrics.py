@@ -45,6 +45,11 @@ LOCK_ACQUISITIONS = Counter(
     "Scheduler lock attempts by lock and result.",
     ["lock", "result"],
 )
+API_THROTTLED = Counter(
+    "neruba_api_throttled_total",
+    "API requests refused with 429, by scope: api_key, or address (no valid key).",
+    ["scope"],
+)
 LEASED_RUNS = Counter(
     "neruba_leased_runs_total",
     "Leased runs (billing scans, sweeps) by job and final status.",
