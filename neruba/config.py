@@ -273,7 +273,14 @@ VARIABLES: tuple[Var, ...] = (
         "NERUBA_HEARTBEAT_MAX_AGE",
         "duration",
         "180s",
-        "Readiness fails when the scheduler heartbeat is older than this.",
+        "Readiness is degraded (and smoke fails) when the scheduler heartbeat is older than this.",
+    ),
+    Var(
+        "NERUBA_BEAT_LEASE",
+        "duration",
+        "30s",
+        "Lease of the active celery beat; a standby beat takes over within about this long "
+        "after the active one dies.",
     ),
     Var(
         "NERUBA_RECONCILE_AFTER",

@@ -422,6 +422,23 @@ def lock_live_token(*, name: str, lock_row: bool = False) -> int | None:
     return int(row[0]) if row and row[1] else None
 
 
+def lock_live_holder(*, name: str) -> str:
+    """The holder of the live lease of ``name`` by the database clock ("" when free or
+    expired). One query, no lock: for the console and metrics."""
+    if not _postgres():
+        lock = SchedulerLock.objects.filter(name=name).first()
+        live = lock is not None and lock.holder and lock.expires_at and lock.expires_at > db_now()
+        return lock.holder if live else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT holder FROM neruba_schedulerlock WHERE name = %s AND holder <> ''"
+            " AND expires_at > clock_timestamp()",
+            [name],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else ""
+
+
 def lock_force_release(*, lock: SchedulerLock, actor: audit.Actor, reason: str) -> SchedulerLock:
     """Operator release of an *expired* lease (a crashed holder). A live lease is refused: the
     holder may still be writing, and the next acquire would take an expired lease anyway. The

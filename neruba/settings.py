@@ -152,6 +152,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+# Two beats may run: the one holding the ``celery-beat`` lease schedules (neruba.beat).
+CELERY_BEAT_SCHEDULER = "neruba.beat:LeasedScheduler"
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth, console ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from billing.models import BillingRun, DriftFinding
 from ingest.models import IngestBatch, IngestRejection
 from neruba.models import SchedulerLock
 from operations.charts import stacked_bars
-from operations.health import readiness
+from operations.health import beat_active, readiness
 from operations.runbooks import runbook_list
 from operations.sweeps import sweep_summary, sweeps_latest
 from webhooks.models import StripeEvent
@@ -155,6 +155,7 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
         "dashboard": True,
         "ready": status == "ready",
         "readiness": status,
+        "beat_active": beat_active(),
         "checks": checks,
         "backlog": _backlog(user),
         "runbooks": runbook_list(),

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.migrations.loader import MigrationLoader
 from django.utils import timezone
 
+from neruba.locks import lock_live_holder
 from operations.models import Heartbeat
 
 Check = Callable[[], tuple[bool, str]]
@@ -92,7 +93,19 @@ def check_scheduler() -> tuple[bool, str]:
     age = timezone.now() - beat.seen_at
     if age > max_age:
         return False, f"scheduler heartbeat is {int(age.total_seconds())}s old"
-    return True, f"scheduler heartbeat {int(age.total_seconds())}s ago"
+    try:
+        active = beat_active()
+    except DatabaseError:
+        active = ""
+    where = f"; active beat {active}" if active else ""
+    return True, f"scheduler heartbeat {int(age.total_seconds())}s ago{where}"
+
+
+def beat_active() -> str:
+    """The holder of the live ``celery-beat`` lease ("" when no beat holds it)."""
+    from neruba.beat import BEAT_LOCK
+
+    return lock_live_holder(name=BEAT_LOCK)
 
 
 def check_settings() -> tuple[bool, str]:
