@@ -125,7 +125,12 @@ def leased_run(
         LEASED_RUNS.labels(job=job, status="lock_held").inc()
         return held(holder)
     clock = time.monotonic()
-    record = start(holder, lease)
+    try:
+        record = start(holder, lease)
+    except BaseException:
+        if lease is not None:
+            lock_release(lease=lease)  # no record to finish: hand the lease back at once
+        raise
     outcome = Outcome()
     try:
         if lease is not None and abandon is not None:
@@ -137,6 +142,9 @@ def leased_run(
         outcome = Outcome(error=exc)
         if reraise:
             raise
+    except BaseException as exc:  # interrupted (SIGINT, a worker shutting down): never a success
+        outcome = Outcome(error=exc)
+        raise
     finally:
         if not connection.in_atomic_block:
             # A session PostgreSQL ended under us is replaced before the record is saved.
