@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from neruba.auth import AddressThrottle, HasScope
+from neruba.auth import AddressThrottle, HasScope, verified_recently
 from neruba.errors import NerubaError, ValidationFailed
 from neruba.metrics import API_THROTTLED
 from neruba.pagination import NerubaCursorPagination
@@ -32,7 +32,7 @@ class ScopedApi(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         # An address over its limit of keyless / bad-key requests is refused before its key is
         # looked at (DRF would authenticate first and never reach an address throttle).
-        wait = _address_throttle.over_limit(request)
+        wait = None if verified_recently(request) else _address_throttle.over_limit(request)
         if wait is not None:
             API_THROTTLED.labels(scope="address").inc()
             raise exceptions.Throttled(wait=wait)

@@ -106,3 +106,21 @@ def test_a_forged_forwarded_for_header_does_not_buy_a_new_address() -> None:
         assert client().get("/api/v1/metrics", HTTP_X_FORWARDED_FOR="10.0.0.1").status_code == 401
         response = client().get("/api/v1/metrics", HTTP_X_FORWARDED_FOR="10.0.0.2")
         assert response.status_code == 429
+
+
+@pytest.mark.django_db
+def test_a_key_this_worker_verified_moments_ago_skips_the_address_check(
+    make_api_key: Callable[..., tuple[ApiKey, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neruba import auth
+
+    monkeypatch.setattr(auth, "API_KEY_CACHE_SECONDS", 5.0)
+    monkeypatch.setattr(auth, "_verified", {})
+    _, raw = make_api_key("read")
+    with address_rate("1/min"), time_machine.travel(NOW, tick=False):
+        good = client(f"Api-Key {raw}")
+        assert good.get("/api/v1/customers").status_code == 200  # verified, now remembered
+        bad = client("Api-Key nope.wrong")
+        assert [bad.get("/api/v1/customers").status_code for _ in range(2)] == [401, 429]
+        assert good.get("/api/v1/customers").status_code == 200
+        assert client(f"Api-Key {raw}x").get("/api/v1/customers").status_code == 429
