@@ -52,3 +52,13 @@ class FindingNotOpen(Conflict):
 class ResolutionInvalid(Conflict):
     code = "resolution_invalid"
     message = "That resolution does not apply to this finding."
+
+
+class CreditCurrencyMismatch(NerubaError):
+    code = "credit_currency_mismatch"
+    message = "A credit must be in the customer's currency."
+
+
+class PaymentFindingNotOpen(Conflict):
+    code = "payment_finding_not_open"
+    message = "The payment finding is already closed."

@@ -35,6 +35,7 @@ from billing.models import (
     ReasonCode,
     Subscription,
 )
+from billing.payments import invoice_cash_refresh
 from billing.periods import period_next, periods_between
 from billing.pricing import (
     amount_round,
@@ -881,7 +882,8 @@ UNPAID = (Invoice.Status.FINALIZED, Invoice.Status.PAYMENT_FAILED)
 class RerunResult:
     """What a rerun found (and, when applied, did). ``action``: ``supersede`` (void the unpaid
     invoice and issue a new one), ``credit`` (paid, over-billed), ``supplementary`` (paid,
-    under-billed), ``invoice`` (never billed), ``none`` (nothing changed)."""
+    under-billed), ``invoice`` (never billed), ``none`` (no amount differs: nothing is voided,
+    issued or credited)."""
 
     window: BillingWindow
     invoice: Invoice | None
@@ -936,6 +938,10 @@ def _line_dicts(invoice: Invoice) -> list[dict[str, Any]]:
         }
         for line in invoice.lines.select_related("metric")
     ]
+
+
+def _amounts(lines: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return sorted((line["metric"] or line["description"], line["amount"]) for line in lines)
 
 
 def _billed_so_far(*, invoice: Invoice) -> int:
@@ -1000,7 +1006,10 @@ def invoice_rerun(
         old_lines = _line_dicts(invoice)
         if invoice.status in UNPAID:
             old = invoice.subtotal
-            changed = old_lines != new_lines
+            # Only money is a difference worth a void: a quantity that moved without moving
+            # any amount (inside a free tier, below a cent) re-issues the same invoice for
+            # nothing, and the customer gets an "invoice corrected" for an identical total.
+            changed = _amounts(old_lines) != _amounts(new_lines)
             action = "supersede" if changed else "none"
         elif invoice.status == Invoice.Status.PAID:
             old = _billed_so_far(invoice=invoice)
@@ -1137,7 +1146,9 @@ def invoice_mark_paid(*, invoice: Invoice, actor: audit.Actor, reason: str) -> I
         row.status = Invoice.Status.PAID
         row.paid_at = now
         row.status_changed_at = now
-        row.save(update_fields=["status", "paid_at", "status_changed_at"])
+        row.amount_paid = row.total
+        row.save(update_fields=["status", "paid_at", "status_changed_at", "amount_paid"])
+        invoice_cash_refresh(invoice=row)
         audit.record(
             actor=actor,
             action="invoice.mark_paid",
@@ -1145,7 +1156,7 @@ def invoice_mark_paid(*, invoice: Invoice, actor: audit.Actor, reason: str) -> I
             customer=row.customer,
             reason=reason,
             before={"status": before},
-            after={"status": row.status, "paid_at": now},
+            after={"status": row.status, "paid_at": now, "amount_paid": row.amount_paid},
         )
     return row
 

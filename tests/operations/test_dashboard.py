@@ -117,3 +117,22 @@ def test_console_home_and_metrics_show_which_beat_is_active_and_degraded_in_red(
         "active beat beat:host-a:41:cafe"
         in client.get("/readyz").json()["checks"]["scheduler"]["detail"]
     )
+
+
+def test_open_payment_findings_are_a_backlog_row_for_finance(console_user) -> None:
+    from billing.models import PaymentCharge, PaymentFinding
+
+    charge = PaymentCharge.objects.create(charge_id="ch_home", currency="USD")
+    PaymentFinding.objects.create(
+        charge=charge,
+        currency="USD",
+        collected=1900,
+        refunded=1900,
+        disputed=1900,
+        returned=3800,
+        detail="charge ch_home returned 38.00 of 19.00 USD: refunded and lost in dispute",
+    )
+    html = _home(console_user("Finance"))
+    row = html[html.index("Open payment findings") :]
+    assert '<td class="count">1</td>' in row[:300]
+    assert "/admin/billing/paymentfinding/?status__exact=open" in html
