@@ -71,7 +71,7 @@ class SubscriptionForm(forms.ModelForm):
 
     class Meta:
         model = Subscription
-        fields = ["customer", "plan", "started_at", "ended_at"]
+        fields = ["customer", "plan", "started_at", "ended_at", "external_id"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -103,17 +103,17 @@ class SubscriptionAdmin(admin.ModelAdmin):
     and invoices depend on the customer, plan and start). Both paths are audited."""
 
     form = SubscriptionForm
-    list_display = ["customer", "plan", "started_at", "ended_at"]
+    list_display = ["customer", "plan", "external_id", "started_at", "ended_at"]
     list_filter = ["plan"]
     list_select_related = ["customer", "plan"]
     raw_id_fields = ["customer"]
-    search_fields = ["customer__external_id", "customer__name"]
+    search_fields = ["customer__external_id", "customer__name", "=external_id"]
     show_full_result_count = False
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: Subscription | None = None
     ) -> list[str]:
-        return ["customer", "plan", "started_at"] if obj is not None else []
+        return ["customer", "plan", "started_at", "external_id"] if obj is not None else []
 
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
         if change:
@@ -126,6 +126,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
             plan=obj.plan,
             started_at=obj.started_at,
             ended_at=obj.ended_at,
+            external_id=obj.external_id,
             actor=request.user,
         )
         obj.pk = created.pk

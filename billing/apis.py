@@ -39,7 +39,7 @@ class SubscriptionOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Subscription
-        fields = ["id", "customer", "plan", "started_at", "ended_at"]
+        fields = ["id", "external_id", "customer", "plan", "started_at", "ended_at"]
 
 
 class PlanListApi(ScopedApi):
@@ -60,6 +60,13 @@ class SubscriptionListApi(ScopedApi):
         plan = serializers.CharField(max_length=100)
         started_at = serializers.DateTimeField()
         ended_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+        external_id = serializers.CharField(
+            max_length=255,
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="Your own id for the subscription, unique (Lago's external_subscription_id).",
+        )
 
         def validate(self, attrs: dict) -> dict:
             if attrs.get("ended_at") and attrs["ended_at"] <= attrs["started_at"]:
@@ -94,6 +101,7 @@ class SubscriptionListApi(ScopedApi):
             plan=selectors.plan_get(code=values["plan"]),
             started_at=values["started_at"],
             ended_at=values["ended_at"],
+            external_id=values["external_id"],
             actor=request.auth,
         )
         return Response(SubscriptionOutput(subscription).data, status=status.HTTP_201_CREATED)

@@ -18,6 +18,11 @@ class SubscriptionOverlap(Conflict):
     message = "The customer already has a subscription to this plan over that period."
 
 
+class SubscriptionExternalIdTaken(Conflict):
+    code = "subscription_external_id_taken"
+    message = "Another subscription already has that external_id."
+
+
 class CurrencyMismatch(NerubaError):
     code = "currency_mismatch"
     message = "The plan's currency differs from the customer's currency."

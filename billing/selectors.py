@@ -169,3 +169,16 @@ def prices_by_plan() -> dict[int, list[Price]]:
     for price in Price.objects.select_related("metric").order_by("metric__code"):
         prices.setdefault(price.plan_id, []).append(price)
     return prices
+
+
+def subscription_customer_refs(external_ids: set[str]) -> dict[str, str]:
+    """{subscription external id: its customer's external id} for those of ``external_ids``
+    that name a subscription. Registered with ingest (BillingConfig.ready), which resolves a
+    Lago event's ``external_subscription_id`` with it in one query per request."""
+    if not external_ids:
+        return {}
+    return dict(
+        Subscription.objects.filter(external_id__in=external_ids).values_list(
+            "external_id", "customer__external_id"
+        )
+    )

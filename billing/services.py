@@ -19,6 +19,7 @@ from django.utils import timezone
 from billing.exceptions import (
     CurrencyMismatch,
     InvoiceStateInvalid,
+    SubscriptionExternalIdTaken,
     SubscriptionOverlap,
 )
 from billing.ledger import credit_grant
@@ -135,22 +136,42 @@ def subscription_create(
     plan: Plan,
     started_at: datetime,
     ended_at: datetime | None = None,
+    external_id: str | None = None,
     actor: audit.Actor | ApiKey = None,
 ) -> Subscription:
-    with transaction.atomic():
-        # Lock the customer row so two concurrent creations cannot both pass the overlap check.
-        Customer.objects.select_for_update().filter(pk=customer.pk).first()
-        subscription_check(customer=customer, plan=plan, started_at=started_at, ended_at=ended_at)
-        subscription = Subscription.objects.create(
-            customer=customer, plan=plan, started_at=started_at, ended_at=ended_at
-        )
-        audit.record(
-            actor=actor,
-            action="subscription.create",
-            target=subscription,
-            customer=customer,
-            after={"plan": plan.code, "started_at": started_at, "ended_at": ended_at},
-        )
+    """``external_id`` (optional, unique) is the client's own id for the subscription: usage
+    sent through the Lago-compatible surface names it as ``external_subscription_id``."""
+    external_id = external_id or None  # "" is no id, not a second unique value
+    try:
+        with transaction.atomic():
+            # Lock the customer row so two concurrent creations cannot both pass the overlap
+            # check.
+            Customer.objects.select_for_update().filter(pk=customer.pk).first()
+            subscription_check(
+                customer=customer, plan=plan, started_at=started_at, ended_at=ended_at
+            )
+            subscription = Subscription.objects.create(
+                customer=customer,
+                plan=plan,
+                started_at=started_at,
+                ended_at=ended_at,
+                external_id=external_id,
+            )
+            audit.record(
+                actor=actor,
+                action="subscription.create",
+                target=subscription,
+                customer=customer,
+                after={
+                    "plan": plan.code,
+                    "started_at": started_at,
+                    "ended_at": ended_at,
+                    "external_id": external_id,
+                },
+            )
+    except IntegrityError:
+        # Only the unique external id can collide here (the overlap check ran under the lock).
+        raise SubscriptionExternalIdTaken(details={"external_id": external_id}) from None
     return subscription
 
 
