@@ -65,7 +65,7 @@ def verified_recently(request: Request) -> bool:
     if API_KEY_CACHE_SECONDS <= 0:
         return False
     keyword, _, key = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if keyword.lower() != KEYWORD.lower() or not key.strip():
+    if keyword.lower() not in KEYWORDS or not key.strip():
         return False
     hit = _verified.get(hashlib.sha256(key.strip().encode()).digest())
     return hit is not None and hit[0] > time.monotonic()
