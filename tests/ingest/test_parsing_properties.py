@@ -107,3 +107,15 @@ def test_value_extraction_gives_a_bounded_value_or_an_invalid_value_message(
         assert value is None and 0 < len(distinct) <= 255
     else:
         assert isinstance(value, Decimal) and value.is_finite() and abs(value) < Decimal(10) ** 20
+
+
+def test_a_literal_backslash_u0000_in_properties_is_not_mistaken_for_a_nul() -> None:
+    base = {
+        "idempotency_key": "k",
+        "customer": "acme",
+        "metric": "api_calls",
+        "timestamp": "2026-03-10T11:00:00Z",
+    }
+    assert parse_item(0, {**base, "properties": {"path": "C:\\u0000"}}).error is None
+    nul = parse_item(0, {**base, "properties": {"path": "a\x00b"}}).error
+    assert nul is not None and nul[0] == "invalid_field"
