@@ -3,12 +3,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from ingest import selectors, services
 from ingest.exceptions import ReplayFailed
-from ingest.models import IngestBatch, IngestRejection, Metric, Outcome, UsageEvent
+from ingest.models import EventKey, IngestBatch, IngestRejection, Metric, Outcome, UsageEvent
 from neruba.admin_actions import (
     AuditedAdminMixin,
     CappedCountPaginator,
@@ -49,7 +51,7 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "received_at",
     ]
     list_filter = ["late", "source", "metric"]
-    # Exact match only: a LIKE over the whole table would scan it; the key is unique-indexed.
+    # Exact match only, through the key registry (see get_search_results).
     search_fields = ["=idempotency_key"]
     search_help_text = "Exact idempotency key."
     list_select_related = ["customer", "metric"]
@@ -73,6 +75,20 @@ class UsageEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "outcome_history",
     ]
     readonly_fields = ["batch_link", "rejection_link", "outcome_history"]
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageEvent], search_term: str
+    ) -> tuple[QuerySet[UsageEvent], bool]:
+        # The events table has no index on the key (on PostgreSQL it is partitioned by month and
+        # the key registry is where keys are unique): look the key up there, then read the one
+        # partition its timestamp names.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        found = EventKey.objects.filter(idempotency_key=term).first()
+        if found is None:
+            return queryset.none(), False
+        return queryset.filter(pk=found.event_id, timestamp=found.timestamp), False
 
     @admin.display(description="batch")
     def batch_link(self, obj: UsageEvent) -> str:

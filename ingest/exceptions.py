@@ -48,3 +48,8 @@ class ReplayFailed(NerubaError):
     code = "replay_failed"
     http_status = 422
     message = "The replayed item still fails."
+
+
+class ArchiveRefused(Conflict):
+    code = "archive_refused"
+    message = "This month cannot be archived."

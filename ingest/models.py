@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.db import models
+from typing import Any
+
+from django.db import models, transaction
 from django.utils import timezone
 
 from neruba.models import ApiKey, Customer
@@ -122,6 +124,59 @@ class UsageEvent(models.Model):
     def __str__(self) -> str:
         return self.idempotency_key
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """An event saved through the ORM (fixtures, tests, scripts; ingest writes by SQL)
+        registers its key in the same transaction, so the registry stays the whole truth."""
+        adding = self._state.adding
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            if adding:
+                EventKey.objects.create(
+                    idempotency_key=self.idempotency_key,
+                    event_id=self.pk,
+                    timestamp=self.timestamp,
+                    payload_hash=self.payload_hash,
+                )
+
+
+class EventKey(models.Model):
+    """The key registry: one narrow row per idempotency key ever stored, kept forever.
+
+    On PostgreSQL usage events are range-partitioned by month on their timestamp, and a unique
+    index on a partitioned table must include the partition key: the events table alone could
+    only keep a key unique within its month. This table is where a key is claimed (ingest's
+    ``INSERT … ON CONFLICT`` runs against its primary key, in the same statement that stores
+    the event), where a duplicate or a conflict is told apart (by ``payload_hash``), and where
+    a lookup by key learns the event's id and month, so it reads one partition. It outlives
+    archival: an archived month's keys stay here, and stay refused. SQLite keeps a plain events
+    table with its own unique key; this registry is written there too so reads are the same."""
+
+    idempotency_key = models.CharField(max_length=255, primary_key=True)
+    event_id = models.BigIntegerField()
+    timestamp = models.DateTimeField()
+    payload_hash = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return self.idempotency_key
+
+
+class EventArchive(models.Model):
+    """A month of events detached from the partitioned table and exported (``manage.py
+    archive_events``). Its keys stay in EventKey; lookups answer "archived"."""
+
+    month = models.DateField(unique=True, help_text="First day of the archived month (UTC).")
+    events = models.BigIntegerField(default=0)
+    path = models.CharField(max_length=500, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    bytes = models.BigIntegerField(default=0)
+    archived_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} ({self.events} events)"
+
 
 class EventDuplicates(models.Model):
     """How often an event's key came back with the same payload, and when last. Kept beside
@@ -129,8 +184,14 @@ class EventDuplicates(models.Model):
     new version of it (and an entry in every index), so a batch of duplicates would cost more
     than a batch of new events. This narrow row has one index."""
 
+    # No database constraint: on PostgreSQL events are partitioned by month and their primary
+    # key is (id, timestamp), so nothing can reference the id alone (see EventKey).
     event = models.OneToOneField(
-        UsageEvent, primary_key=True, on_delete=models.CASCADE, related_name="duplicates"
+        UsageEvent,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="duplicates",
+        db_constraint=False,
     )
     count = models.PositiveIntegerField(default=0)
     last_at = models.DateTimeField()
@@ -164,8 +225,14 @@ class IngestRejection(models.Model):
     # How the raw payload is written (api, openmeter, lago): a replay parses it the same way.
     surface = models.CharField(max_length=20, default="api")
     raw_payload = models.JSONField()
+    # No database constraint: events are partitioned on PostgreSQL (see EventDuplicates.event).
     original_event = models.ForeignKey(
-        UsageEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="conflicts"
+        UsageEvent,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conflicts",
+        db_constraint=False,
     )
     differing_fields = models.JSONField(default=list, blank=True)
     replay_attempts = models.PositiveIntegerField(default=0)
