@@ -54,15 +54,8 @@ from ingest import services as ingest_services
 from ingest.models import Metric
 from neruba import audit
 from neruba.errors import ValidationFailed
-from neruba.locks import (
-    Lease,
-    LockLost,
-    default_holder,
-    lock_acquire,
-    lock_assert_held,
-    lock_heartbeat,
-    lock_release,
-)
+from neruba.fencing import LeasedRun, Outcome, fenced, leased_run
+from neruba.locks import Lease, LockLost
 from neruba.metrics import BILLING_RUN_DURATION, BILLING_RUNS, WINDOWS_INVOICED
 from neruba.models import ApiKey, Customer
 
@@ -610,17 +603,16 @@ def _invoices_write(
     supersedes: dict[int, Invoice] | None = None,
     late_numbers: bool = False,
 ) -> list[Issued]:
-    """Writes finalized invoices for ``drafts`` in the caller's transaction: fence, gapless
-    numbers, lines, credit consumption, the provider outbox row, window status and the ingest
-    watermark. The partial unique constraint raises IntegrityError for a window already billed.
+    """Writes finalized invoices for ``drafts`` in the caller's transaction (``fenced(lease)``
+    when under a lease, which checks the token first and last): gapless numbers, lines, credit
+    consumption, the provider outbox row, window status and the ingest watermark. The partial
+    unique constraint raises IntegrityError for a window already billed.
 
     The gapless counter row stays locked from the moment numbers are taken until the commit.
     ``late_numbers`` (shards billed in parallel) takes them last: the invoices are written
     under placeholder numbers, then numbered by one UPDATE just before the commit, so parallel
     shards queue on the counter only for that statement and the commit, not for their whole
     batch."""
-    if lease is not None:
-        lock_assert_held(lease=lease)
     now = timezone.now()
     if late_numbers:
         placeholder = f"~{uuid.uuid4().hex[:24]}"
@@ -732,7 +724,7 @@ def window_bill(
     invoice (the partial unique constraint decided, whatever the lock said)."""
     draft = window_draft(window=window)
     try:
-        with transaction.atomic():
+        with fenced(lease):
             issued = _invoices_write(drafts=[draft], lease=lease, run=run)[0]
     except IntegrityError:
         return None
@@ -769,7 +761,7 @@ def _batch_bill(
     window gets its own outcome. LockLost is never swallowed: the scan must stop."""
     if len(drafts) > 1:
         try:
-            with transaction.atomic():
+            with fenced(lease):
                 invoices = _invoices_write(
                     drafts=drafts, lease=lease, run=run, late_numbers=late_numbers
                 )
@@ -785,7 +777,7 @@ def _batch_bill(
             return
     for draft in drafts:
         try:
-            with transaction.atomic():
+            with fenced(lease):
                 invoice = _invoices_write(
                     drafts=[draft], lease=lease, run=run, late_numbers=late_numbers
                 )[0]
@@ -817,11 +809,12 @@ def billing_scan(
 ) -> BillingRun:
     """Bills every closed window (past the grace period) without a live invoice, oldest first.
 
-    1. Take the ``billing-scan`` lease; if it is held, record a ``lock_held`` run and return.
+    A ``leased_run`` (``neruba.fencing``) on the ``billing-scan`` lease:
+    1. Take the lease; if it is held, record a ``lock_held`` run and return.
     2. Create the missing window rows up to ``as_of - grace``.
     3. Per chunk of due windows: aggregate usage in one GROUP BY, price each window.
-    4. Per batch: one transaction that re-checks the fencing token before writing; a batch
-       that fails is retried one window per transaction. Heartbeat after each batch.
+    4. Per batch: one fenced transaction (the token checked first and last); a batch that
+       fails is retried one window per transaction. Heartbeat after each batch.
     5. Release the lease and record the outcome.
 
     Double billing is impossible even if the lock breaks: the partial unique constraint on
@@ -830,10 +823,9 @@ def billing_scan(
     as_of = as_of or timezone.now()
     cutoff = billing_cutoff(as_of=as_of)
     clock = time.monotonic()
-    holder = default_holder()
     user = actor if getattr(actor, "is_authenticated", False) else None
-    lease = None if dry_run else lock_acquire(name=BILLING_LOCK, holder=holder)
-    if lease is None and not dry_run:
+
+    def held(holder: str) -> BillingRun:
         run = BillingRun.objects.create(
             trigger=trigger,
             holder=holder,
@@ -844,79 +836,111 @@ def billing_scan(
         )
         BILLING_RUNS.labels(status=run.status).inc()
         return run
-    run = BillingRun.objects.create(
-        trigger=trigger,
-        holder=holder,
-        token=lease.token if lease else None,
-        as_of=as_of,
-        dry_run=dry_run,
-        actor=user,
-    )
-    try:
-        if lease is not None:
-            _runs_abandon(current=run)
-        windows_generate(through=cutoff)
-        prices = prices_by_plan()
-        plans: dict[int, Plan] = {}
-        aggregations = _aggregations()
-        due = windows_due(cutoff=cutoff)
-        last: tuple[datetime, int] | None = None
-        while True:
-            page = due
-            if last is not None:
-                page = due.filter(Q(period_end__gt=last[0]) | Q(period_end=last[0], id__gt=last[1]))
-            chunk = _window_rows(page[:chunk_size], plans)
-            if not chunk:
-                break
-            last = (chunk[-1].period_end, chunk[-1].id)
-            usage = usage_for_windows(
-                windows=[_window_ref(w, prices.get(w.plan.pk, [])) for w in chunk],
-                aggregations=aggregations,
-            )
-            run.scanned += len(chunk)
-            drafts = []
-            for w in chunk:
-                try:
-                    drafts.append(
-                        invoice_draft(
-                            window=w, usage=usage.get(w.id, {}), prices=prices.get(w.plan.pk, [])
-                        )
-                    )
-                except Exception as exc:  # a bad price fails its window, not the scan
-                    _window_failed(run=run, window_id=w.id, exc=exc, record=not dry_run)
-            if dry_run:
-                run.invoiced += len(drafts)
-                run.invoiced_amount += sum(d.subtotal for d in drafts)
-                continue
-            for start in range(0, len(drafts), batch_size):
-                _batch_bill(run=run, lease=lease, drafts=drafts[start : start + batch_size])
-                if lease is not None and not lock_heartbeat(lease=lease):
-                    raise LockLost(details={"lock": lease.name, "token": lease.token})
-                run.save(update_fields=_COUNT_FIELDS)
-                if on_progress is not None:
-                    on_progress(run)
-    except LockLost as exc:
-        run.errors.append({"window": None, "error": f"lock lost: {exc.details}"})
-        run.status = BillingRun.Status.FAILED
-    except Exception as exc:
-        run.errors.append({"window": None, "error": f"{type(exc).__name__}: {exc}"[:500]})
-        run.status = BillingRun.Status.FAILED
-        raise
-    finally:
-        if run.status == BillingRun.Status.RUNNING:
-            if run.failed == 0:
-                run.status = BillingRun.Status.SUCCEEDED
-            else:
-                run.status = BillingRun.Status.PARTIAL if run.invoiced else BillingRun.Status.FAILED
+
+    def start(holder: str, lease: Lease | None) -> BillingRun:
+        return BillingRun.objects.create(
+            trigger=trigger,
+            holder=holder,
+            token=lease.token if lease else None,
+            as_of=as_of,
+            dry_run=dry_run,
+            actor=user,
+        )
+
+    def body(leased: LeasedRun[BillingRun]) -> None:
+        _scan_windows(
+            leased=leased,
+            cutoff=cutoff,
+            dry_run=dry_run,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            on_progress=on_progress,
+        )
+
+    def finish(run: BillingRun, outcome: Outcome) -> str:
+        if outcome.lock_lost:
+            details = getattr(outcome.error, "details", {})
+            run.errors.append({"window": None, "error": f"lock lost: {details}"})
+            run.status = BillingRun.Status.FAILED
+        elif outcome.error is not None:
+            message = f"{type(outcome.error).__name__}: {outcome.error}"
+            run.errors.append({"window": None, "error": message[:500]})
+            run.status = BillingRun.Status.FAILED
+        elif run.failed == 0:
+            run.status = BillingRun.Status.SUCCEEDED
+        else:
+            run.status = BillingRun.Status.PARTIAL if run.invoiced else BillingRun.Status.FAILED
         run.finished_at = timezone.now()
         with transaction.atomic():
             run.save(update_fields=[*_COUNT_FIELDS, "status", "finished_at"])
             messages.billing_run_failed_published(run=run)
-        if lease is not None:
-            lock_release(lease=lease)
         BILLING_RUNS.labels(status=run.status).inc()
         BILLING_RUN_DURATION.observe(time.monotonic() - clock)
-    return run
+        return run.status
+
+    return leased_run(
+        lock=BILLING_LOCK,
+        job="billing_scan",
+        dry_run=dry_run,
+        held=held,
+        start=start,
+        body=body,
+        finish=finish,
+        abandon=lambda run: _runs_abandon(current=run),
+        reraise=True,
+    )
+
+
+def _scan_windows(
+    *,
+    leased: LeasedRun[BillingRun],
+    cutoff: datetime,
+    dry_run: bool,
+    chunk_size: int,
+    batch_size: int,
+    on_progress: Callable[[BillingRun], None] | None,
+) -> None:
+    """Steps 2 to 4 of ``billing_scan``."""
+    run = leased.record
+    windows_generate(through=cutoff)
+    prices = prices_by_plan()
+    plans: dict[int, Plan] = {}
+    aggregations = _aggregations()
+    due = windows_due(cutoff=cutoff)
+    last: tuple[datetime, int] | None = None
+    while True:
+        page = due
+        if last is not None:
+            page = due.filter(Q(period_end__gt=last[0]) | Q(period_end=last[0], id__gt=last[1]))
+        chunk = _window_rows(page[:chunk_size], plans)
+        if not chunk:
+            break
+        last = (chunk[-1].period_end, chunk[-1].id)
+        usage = usage_for_windows(
+            windows=[_window_ref(w, prices.get(w.plan.pk, [])) for w in chunk],
+            aggregations=aggregations,
+        )
+        run.scanned += len(chunk)
+        drafts = []
+        for w in chunk:
+            try:
+                drafts.append(
+                    invoice_draft(
+                        window=w, usage=usage.get(w.id, {}), prices=prices.get(w.plan.pk, [])
+                    )
+                )
+            except Exception as exc:  # a bad price fails its window, not the scan
+                _window_failed(run=run, window_id=w.id, exc=exc, record=not dry_run)
+        if dry_run:
+            run.invoiced += len(drafts)
+            run.invoiced_amount += sum(d.subtotal for d in drafts)
+            continue
+        for first in range(0, len(drafts), batch_size):
+            _batch_bill(run=run, lease=leased.lease, drafts=drafts[first : first + batch_size])
+            leased.renew()
+            run.save(update_fields=_COUNT_FIELDS)
+            if on_progress is not None:
+                on_progress(run)
 
 
 # --- reruns ------------------------------------------------------------------------------------

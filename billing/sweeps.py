@@ -15,8 +15,7 @@ from billing.models import BillingRun, BillingWindow, ProviderSync
 from billing.reconcile import reconciliation_sweep
 from billing.services import BILLING_LOCK, SHARD_UNFINISHED, SYNC_MAX_ATTEMPTS, provider_sync_send
 from neruba.fencing import fenced, lease_renew
-from neruba.locks import Lease
-from neruba.models import SchedulerLock
+from neruba.locks import Lease, lock_live_token
 
 # A dry-run billing pass takes no lease; one still "running" after this was killed.
 DRY_RUN_STALE = timedelta(hours=6)
@@ -41,15 +40,12 @@ def stuck_runs_sweep(
 
     The ``billing-scan`` lock row is locked first: a scan that takes the lease meanwhile waits
     for this transaction, so its brand-new run (with the next token) is never mistaken for a
-    stuck one. A run holding the live lease (same token, not expired) is left alone."""
+    stuck one. The wait for that row is bounded (``LockBusy``, the sweep fails and the next one
+    retries) and the lease's expiry is read by the database clock. A run holding the live lease
+    (same token, not expired) is left alone."""
     now = now or timezone.now()
     with fenced(lease):
-        lock = SchedulerLock.objects.select_for_update().filter(name=BILLING_LOCK).first()
-        live_token = (
-            lock.token
-            if lock is not None and lock.holder and lock.expires_at and lock.expires_at > now
-            else None
-        )
+        live_token = lock_live_token(name=BILLING_LOCK, lock_row=True)
         stuck = BillingRun.objects.filter(status=BillingRun.Status.RUNNING).filter(
             Q(dry_run=False) | Q(dry_run=True, started_at__lt=now - DRY_RUN_STALE)
         )

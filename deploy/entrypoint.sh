@@ -1,8 +1,12 @@
 #!/bin/sh
 # Container entrypoint: validate the environment, migrate, then run the role's process.
-#   web     gunicorn (migrations run here; they are idempotent, so two web replicas are safe)
+#   web     gunicorn. Migrations run here through `migrate_locked`, which holds a PostgreSQL
+#           advisory lock: replicas starting together migrate one at a time (the second finds
+#           nothing to apply). Plain `migrate` from two replicas at once fails one of them.
 #   worker  Celery worker
-#   beat    Celery beat (run exactly one)
+#   beat    Celery beat. Two may run (two hosts or containers): the one holding the
+#           `celery-beat` lease in the database schedules, the other stands by and takes over
+#           within NERUBA_BEAT_LEASE (30 s) of the first dying (neruba/beat.py).
 #   any other command is executed as given (e.g. `manage.py smoke`).
 set -eu
 
@@ -18,7 +22,7 @@ python manage.py check_env
 
 case "$role" in
   web)
-    python manage.py migrate --noinput
+    python manage.py migrate_locked
     python manage.py collectstatic --noinput --verbosity 0
     exec gunicorn neruba.wsgi:application --config deploy/gunicorn.conf.py
     ;;
@@ -31,7 +35,7 @@ case "$role" in
       --schedule /tmp/celerybeat-schedule
     ;;
   migrate)
-    exec python manage.py migrate --noinput
+    exec python manage.py migrate_locked
     ;;
   *)
     exec "$@"

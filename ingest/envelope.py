@@ -5,11 +5,11 @@ bytes; everything about one item is that item's outcome."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from ingest.exceptions import MalformedEnvelope, TooManyEvents, UnsupportedMediaType
+from neruba.jsonparse import loads_strict
 
 CLOUDEVENT = "application/cloudevents+json"
 CLOUDEVENT_BATCH = "application/cloudevents-batch+json"
@@ -32,12 +32,9 @@ def parse_envelope(body: bytes, content_type: str, *, max_items: int) -> Envelop
         mode = "json"
     else:
         raise UnsupportedMediaType(details={"content_type": media})
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedEnvelope(
-            "The body is not valid JSON.", details={"reason": str(exc)}
-        ) from None
+    # Strict: duplicate keys, NaN/Infinity, out-of-range numbers and deep nesting are 400s
+    # with their own codes (``neruba.jsonparse``) before any item is looked at.
+    document = loads_strict(body)
 
     if mode == "ce":
         if not isinstance(document, dict):

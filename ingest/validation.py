@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -25,6 +26,11 @@ MAX_VALUE = Decimal(10) ** 20
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 _head = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _sha256 = hashlib.sha256
+
+
+# A NUL in the JSON text is "\u0000" after an even number of backslashes: "\\u0000" is a
+# property holding a backslash and the letters u0000, which jsonb stores fine.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class Item:
@@ -260,7 +266,7 @@ def parse_item(
     # PostgreSQL's jsonb refuses \u0000 and a lone surrogate cannot be encoded: either would
     # fail the whole statement, so it is this item's error instead.
     shown = "data" if cloudevent else "properties"
-    if "\\u0000" in item.props_json:
+    if "\\u0000" in item.props_json and _ESCAPED_NUL.search(item.props_json):
         return item.fail(
             "invalid_field", f"`{shown}` must not contain NUL characters.", field=shown
         )

@@ -10,11 +10,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from neruba.auth import HasScope
+from neruba.auth import AddressThrottle, HasScope, verified_recently
 from neruba.errors import NerubaError, ValidationFailed
+from neruba.metrics import API_THROTTLED
 from neruba.pagination import NerubaCursorPagination
 
 MAX_LIMIT = 500
+_address_throttle = AddressThrottle()
 PAGE = frozenset({"cursor", "limit"})
 
 
@@ -28,7 +30,21 @@ class ScopedApi(APIView):
     allowed_query: dict[str, frozenset[str]] = {}
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)  # authentication, scope and throttle first
+        # An address over its limit of keyless / bad-key requests is refused before its key is
+        # looked at (DRF would authenticate first and never reach an address throttle).
+        wait = None if verified_recently(request) else _address_throttle.over_limit(request)
+        if wait is not None:
+            API_THROTTLED.labels(scope="address").inc()
+            raise exceptions.Throttled(wait=wait)
+        try:
+            super().initial(request, *args, **kwargs)  # authentication, scope, key throttle
+        except (exceptions.NotAuthenticated, exceptions.AuthenticationFailed):
+            _address_throttle.count(request)
+            raise
+        # A method this endpoint lacks (TRACE included) is 405 before its query is judged.
+        method = (request.method or "").lower()
+        if method not in self.http_method_names or not hasattr(self, method):
+            raise exceptions.MethodNotAllowed(request.method or "")
         # PostgreSQL text cannot hold NUL: a lookup with one fails inside the driver (a 500),
         # and SQLite would answer differently. Refuse it up front, after auth, on every endpoint.
         values = [

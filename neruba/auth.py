@@ -18,6 +18,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from neruba import context
+from neruba.metrics import API_THROTTLED
 from neruba.models import ApiKey
 
 if TYPE_CHECKING:
@@ -54,6 +55,20 @@ def _verified_key(key: str) -> ApiKey:
             _verified.clear()
         _verified[digest] = (now + API_KEY_CACHE_SECONDS, api_key)
     return api_key
+
+
+def verified_recently(request: Request) -> bool:
+    """Whether the request presents a key this process verified within
+    ``API_KEY_CACHE_SECONDS``: a dictionary lookup, no cache server, no database. Such a request
+    costs no key verification, so the per-address limit (which exists to spare that cost) need
+    not be consulted for it; single-event ingest saves a round trip."""
+    if API_KEY_CACHE_SECONDS <= 0:
+        return False
+    keyword, _, key = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if keyword.lower() not in KEYWORDS or not key.strip():
+        return False
+    hit = _verified.get(hashlib.sha256(key.strip().encode()).digest())
+    return hit is not None and hit[0] > time.monotonic()
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -111,6 +126,56 @@ class HasScope(HasApiKey):
         return True
 
 
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RATE_VARS = {"api_key": "NERUBA_API_THROTTLE", "address": "NERUBA_API_ADDRESS_THROTTLE"}
+
+
+def _rate(name: str) -> tuple[int, int]:
+    raw = api_settings.DEFAULT_THROTTLE_RATES.get(name) or settings.NERUBA[_RATE_VARS[name]]
+    num, period = raw.split("/")
+    return int(num), _PERIODS[period[0]]
+
+
+def _window_key(prefix: str, ident: str, period: int, now: float) -> str:
+    return f"{prefix}:{ident}:{int(now // period)}"
+
+
+def _window_incr(key: str, period: int) -> int:
+    if cache.add(key, 1, timeout=period * 2):
+        return 1
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=period * 2)
+        return 1
+
+
+class AddressThrottle(BaseThrottle):
+    """Requests without a valid key, limited per client address (``NERUBA_API_ADDRESS_THROTTLE``).
+
+    DRF authenticates and checks permissions before it throttles, so a throttle keyed on the
+    address was never reached by a request that had no key. This one is split around
+    authentication instead (``ScopedApi.initial``): ``over_limit`` runs first and costs one
+    cache read, so a flood of bad keys is refused before any key is verified; a request that
+    then fails authentication is ``counted``. Valid keys never touch it (their limit is per key)."""
+
+    _PREFIX = "throttle-address"
+
+    def over_limit(self, request: Request) -> float | None:
+        """Seconds to wait when this address is over its limit, else ``None``."""
+        limit, period = _rate("address")
+        now = time.time()
+        count = cache.get(_window_key(self._PREFIX, self.get_ident(request), period, now)) or 0
+        if count >= limit:
+            return period - (now % period)
+        return None
+
+    def count(self, request: Request) -> None:
+        _, period = _rate("address")
+        key = _window_key(self._PREFIX, self.get_ident(request), period, time.time())
+        _window_incr(key, period)
+
+
 class ApiKeyRateThrottle(BaseThrottle):
     """Per-key fixed-window rate limit (``NERUBA_API_THROTTLE``); 429 with Retry-After.
 
@@ -118,30 +183,16 @@ class ApiKeyRateThrottle(BaseThrottle):
     whose cost grows with the rate itself. In production the cache is Redis, so the limit holds
     across gunicorn workers and hosts."""
 
-    _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
     def __init__(self) -> None:
         self._wait: float | None = None
 
-    def rate(self) -> tuple[int, int]:
-        num, period = api_settings.DEFAULT_THROTTLE_RATES["api_key"].split("/")
-        return int(num), self._PERIODS[period[0]]
-
     def allow_request(self, request: Request, view: APIView) -> bool:
-        limit, period = self.rate()
+        limit, period = _rate("api_key")
         ident = request.auth.prefix if isinstance(request.auth, ApiKey) else self.get_ident(request)
         now = time.time()
-        key = f"throttle:{ident}:{int(now // period)}"
-        if cache.add(key, 1, timeout=period * 2):
-            count = 1
-        else:
-            try:
-                count = cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.add(key, 1, timeout=period * 2)
-                count = 1
-        if count > limit:
+        if _window_incr(_window_key("throttle", ident, period, now), period) > limit:
             self._wait = period - (now % period)
+            API_THROTTLED.labels(scope="api_key").inc()
             return False
         return True
 

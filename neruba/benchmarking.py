@@ -31,6 +31,19 @@ def psycopg_dsn() -> dict[str, Any]:
     return {k: v for k, v in params.items() if v}
 
 
+def database_url() -> str:
+    """The URL of the database this process uses (the test database under pytest), for a
+    server the benchmark starts: its environment's DATABASE_URL may name another one."""
+    from urllib.parse import quote
+
+    dsn = psycopg_dsn()
+    auth = quote(dsn.get("user", ""))
+    if dsn.get("password"):
+        auth += ":" + quote(dsn["password"])
+    host = dsn.get("host", "localhost") + (f":{dsn['port']}" if dsn.get("port") else "")
+    return f"postgres://{auth + '@' if auth else ''}{host}/{dsn['dbname']}"
+
+
 def split(items: list[Any], parts: int) -> list[list[Any]]:
     return [items[i::parts] for i in range(parts)]
 

@@ -186,7 +186,8 @@ VARIABLES: tuple[Var, ...] = (
         "NERUBA_TRUST_PROXY_HEADERS",
         "bool",
         "false",
-        "Trust X-Forwarded-Proto from the reverse proxy (sets SECURE_PROXY_SSL_HEADER).",
+        "Trust X-Forwarded-Proto and the last X-Forwarded-For address from the one reverse "
+        "proxy (sets SECURE_PROXY_SSL_HEADER; the API throttles that address).",
     ),
     Var(
         "NERUBA_SSL_REDIRECT",
@@ -220,6 +221,13 @@ VARIABLES: tuple[Var, ...] = (
         production_default="json",
     ),
     Var("NERUBA_API_THROTTLE", "rate", "120000/min", "Requests allowed per API key."),
+    Var(
+        "NERUBA_API_ADDRESS_THROTTLE",
+        "rate",
+        "300/min",
+        "Requests without a valid API key allowed per client address (checked before any key "
+        "is looked up).",
+    ),
     Var(
         "NERUBA_ADMIN_LOGIN_MAX_FAILURES",
         "int",
@@ -270,10 +278,23 @@ VARIABLES: tuple[Var, ...] = (
     Var("NERUBA_BILLING_SCAN_INTERVAL", "duration", "60s", "How often beat starts a billing scan."),
     Var("NERUBA_LOCK_TTL", "duration", "120s", "Lease length of scheduler locks."),
     Var(
+        "NERUBA_LOCK_WAIT",
+        "duration",
+        "2s",
+        "Longest wait for a scheduler lock row; a wait that runs out counts as lock_held.",
+    ),
+    Var(
         "NERUBA_HEARTBEAT_MAX_AGE",
         "duration",
         "180s",
-        "Readiness fails when the scheduler heartbeat is older than this.",
+        "Readiness is degraded (and smoke fails) when the scheduler heartbeat is older than this.",
+    ),
+    Var(
+        "NERUBA_BEAT_LEASE",
+        "duration",
+        "30s",
+        "Lease of the active celery beat; a standby beat takes over within about this long "
+        "after the active one dies.",
     ),
     Var(
         "NERUBA_RECONCILE_AFTER",

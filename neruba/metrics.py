@@ -52,6 +52,22 @@ LOCK_ACQUISITIONS = Counter(
     "Scheduler lock attempts by lock and result.",
     ["lock", "result"],
 )
+API_THROTTLED = Counter(
+    "neruba_api_throttled_total",
+    "API requests refused with 429, by scope: api_key, or address (no valid key).",
+    ["scope"],
+)
+LEASED_RUNS = Counter(
+    "neruba_leased_runs_total",
+    "Leased runs (billing scans, sweeps) by job and final status.",
+    ["job", "status"],
+)
+LEASED_RUN_DURATION = Histogram(
+    "neruba_leased_run_seconds",
+    "Leased run duration by job.",
+    ["job"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
+)
 SWEEP_FINDINGS = Counter("neruba_sweep_findings_total", "Sweep findings by sweep.", ["sweep"])
 REPLAYS = Counter("neruba_replays_total", "Replays by kind and outcome.", ["kind", "outcome"])
 OUTBOUND_DELIVERIES = Counter(

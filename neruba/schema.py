@@ -93,7 +93,11 @@ def add_error_responses(
                 continue
             statuses = dict(_COMMON_ERRORS)
             if "requestBody" in operation or operation.get("parameters"):
-                statuses["400"] = "The request is not valid; details name the fields."
+                statuses["400"] = (
+                    "The request is not valid; details name the fields. A body is read "
+                    "strictly: json_too_deep, json_duplicate_key, json_non_finite_number, "
+                    "json_number_out_of_range, malformed_request."
+                )
             if "{" in path:
                 statuses["404"] = "No such object."
             if method in {"post", "patch", "put"}:

@@ -152,6 +152,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(BASE_DIR / "var" / "celerybeat-schedule")
+# Two beats may run: the one holding the ``celery-beat`` lease schedules (neruba.beat).
+CELERY_BEAT_SCHEDULER = "neruba.beat:LeasedScheduler"
 CELERY_TIMEZONE = "UTC"
 
 # --- Auth, console ---------------------------------------------------------------------------
@@ -224,12 +226,19 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["neruba.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["neruba.auth.HasApiKey"],
     "DEFAULT_THROTTLE_CLASSES": ["neruba.auth.ApiKeyRateThrottle"],
-    "DEFAULT_THROTTLE_RATES": {"api_key": CONFIG["NERUBA_API_THROTTLE"]},
+    "DEFAULT_THROTTLE_RATES": {
+        "api_key": CONFIG["NERUBA_API_THROTTLE"],
+        "address": CONFIG["NERUBA_API_ADDRESS_THROTTLE"],
+    },
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["neruba.parsers.StrictJSONParser"],
     "EXCEPTION_HANDLER": "neruba.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "neruba.schema.NerubaAutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # The client address of the per-address throttle: the socket's peer, or the last address
+    # the one trusted proxy appended to X-Forwarded-For. Never the whole header, which a client
+    # could rotate to escape the limit.
+    "NUM_PROXIES": 1 if CONFIG["NERUBA_TRUST_PROXY_HEADERS"] else 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Neruba API",
@@ -282,3 +291,4 @@ LOGGING = {
 # --- Neruba ---------------------------------------------------------------------------------
 NERUBA = {name: CONFIG[name] for name in CONFIG.values}
 NERUBA_LOCK_TTL = timedelta(seconds=CONFIG["NERUBA_LOCK_TTL"])
+NERUBA_LOCK_WAIT = timedelta(seconds=CONFIG["NERUBA_LOCK_WAIT"])

@@ -18,7 +18,7 @@ from billing.models import BillingRun
 from ingest.models import IngestBatch
 from neruba.models import AuditEntry, SchedulerLock
 from operations.charts import stacked_bars
-from operations.health import readiness
+from operations.health import beat_active, readiness
 from operations.queues import scan_age, work_queue
 from operations.runbooks import runbook_list
 from operations.sweeps import sweep_summary, sweeps_latest
@@ -168,12 +168,14 @@ def dashboard_context(request: HttpRequest) -> dict[str, Any]:
     if not getattr(user, "is_staff", False):
         return {}
     now = timezone.now()
-    ok, checks = readiness()
+    status, checks = readiness()
     context: dict[str, Any] = {
         "dashboard": True,
-        "ready": ok,
+        "ready": status == "ready",
+        "readiness": status,
+        "beat_active": beat_active(),
         "checks": checks,
-        "banner": _banner(ok, checks),
+        "banner": _banner(status != "not_ready", checks),
         "queue": work_queue(user=user, now=now),
         "runbooks": runbook_list(),
         "shortcuts": _shortcuts(user),

@@ -1,15 +1,24 @@
-"""Readiness checks. Each returns (ok, detail) and never raises."""
+"""Readiness checks. Each returns (ok, detail) and never raises.
+
+``/readyz`` answers for *this* process: ``not_ready`` (503) only when a check it needs to serve
+fails (database, migrations, broker, settings). The scheduler heartbeat is another process's
+health: stale or missing it makes readiness ``degraded`` (200, the check false with its
+detail), an alert and a failed ``smoke``, never a reason to take every web process out of the
+load balancer."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
 from django.utils import timezone
 
+from neruba.locks import lock_live_holder
 from operations.models import Heartbeat
 from webhooks.selectors import outbound_backlog
 
@@ -25,16 +34,35 @@ def check_database() -> tuple[bool, str]:
         return False, f"database unreachable: {exc.__class__.__name__}"
 
 
+@functools.cache
+def _known_migrations() -> frozenset[tuple[str, str]]:
+    """Every migration this code ships, read from disk once per process: building the graph
+    costs tens of milliseconds, and the code cannot change under a running process."""
+    return frozenset(MigrationLoader(None, ignore_no_migrations=True).disk_migrations)
+
+
 def check_migrations() -> tuple[bool, str]:
+    """One query per probe: the shipped migrations against the applied ones."""
     try:
-        executor = MigrationExecutor(connection)
-        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT app, name FROM django_migrations")
+            applied = set(cursor.fetchall())
     except DatabaseError as exc:
         return False, f"cannot read migration state: {exc.__class__.__name__}"
-    if plan:
-        names = ", ".join(f"{m.app_label}.{m.name}" for m, _ in plan[:5])
-        return False, f"{len(plan)} unapplied migration(s): {names}"
+    missing = sorted(_known_migrations() - applied)
+    if missing:
+        names = ", ".join(f"{app}.{name}" for app, name in missing[:5])
+        return False, f"{len(missing)} unapplied migration(s): {names}"
     return True, "all migrations applied"
+
+
+@functools.cache
+def _redis(url: str) -> Any:
+    """One client (and its connection pool) per process: a probe pings over a kept connection
+    instead of opening one each time."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
 
 
 def check_broker() -> tuple[bool, str]:
@@ -43,7 +71,7 @@ def check_broker() -> tuple[bool, str]:
         import redis
 
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+            _redis(url).ping()
             return True, "redis reachable"
         except redis.RedisError as exc:
             return False, f"redis unreachable: {exc.__class__.__name__}"
@@ -66,7 +94,19 @@ def check_scheduler() -> tuple[bool, str]:
     age = timezone.now() - beat.seen_at
     if age > max_age:
         return False, f"scheduler heartbeat is {int(age.total_seconds())}s old"
-    return True, f"scheduler heartbeat {int(age.total_seconds())}s ago"
+    try:
+        active = beat_active()
+    except DatabaseError:
+        active = ""
+    where = f"; active beat {active}" if active else ""
+    return True, f"scheduler heartbeat {int(age.total_seconds())}s ago{where}"
+
+
+def beat_active() -> str:
+    """The holder of the live ``celery-beat`` lease ("" when no beat holds it)."""
+    from neruba.beat import BEAT_LOCK
+
+    return lock_live_holder(name=BEAT_LOCK)
 
 
 def check_settings() -> tuple[bool, str]:
@@ -94,6 +134,9 @@ def check_outbound_webhooks() -> tuple[bool, str]:
     return True, detail
 
 
+# Checks whose failure is another process's problem: they degrade readiness, never fail it.
+ADVISORY = frozenset({"scheduler", "outbound_webhooks"})
+
 CHECKS: dict[str, Check] = {
     "database": check_database,
     "migrations": check_migrations,
@@ -104,8 +147,9 @@ CHECKS: dict[str, Check] = {
 }
 
 
-def readiness() -> tuple[bool, dict[str, dict[str, object]]]:
-    results = {}
+def readiness() -> tuple[str, dict[str, dict[str, object]]]:
+    """``("ready" | "degraded" | "not_ready", checks)``; see the module docstring."""
+    results: dict[str, dict[str, object]] = {}
     for name, check in CHECKS.items():
         ok, detail = check()
         results[name] = {"ok": ok, "detail": detail}
@@ -118,7 +162,11 @@ def readiness() -> tuple[bool, dict[str, dict[str, object]]]:
                 else:
                     results[rest] = {"ok": False, "detail": "skipped: database unreachable"}
             break
-    return all(r["ok"] for r in results.values()), results
+    if not all(r["ok"] for name, r in results.items() if name not in ADVISORY):
+        return "not_ready", results
+    if not all(r["ok"] for r in results.values()):
+        return "degraded", results
+    return "ready", results
 
 
 def heartbeat_record(*, name: str, detail: str = "") -> None:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from billing.models import DriftFinding
 from ingest.models import IngestRejection
+from operations.health import beat_active
 from operations.models import Heartbeat
 from webhooks.models import StripeEvent
 from webhooks.selectors import outbound_backlog
@@ -84,6 +85,15 @@ class BacklogCollector(Collector):
                 "Outbound webhook endpoints disabled (by an operator or after failing).",
                 value=outbound["disabled_endpoints"],
             )
+            active = GaugeMetricFamily(
+                "neruba_beat_active",
+                "1 for the celery beat holding the scheduling lease (none when no beat does).",
+                labels=["holder"],
+            )
+            holder = beat_active()
+            if holder:
+                active.add_metric([holder], 1)
+            yield active
             yield GaugeMetricFamily(
                 "neruba_backlog_scrape_ok", "1 when the backlog was read.", value=1
             )

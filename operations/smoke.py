@@ -210,7 +210,8 @@ def smoke_run(
                 if not v.get("ok")
             ]
             raise StepFailed(f"{resp.status} not ready ({'; '.join(bad) or 'no detail'})")
-        return "ready"
+        # degraded serves traffic (200): the scheduler heartbeat step below is what fails.
+        return str(readiness.get("status", "ready"))
 
     def post_event(payload: dict[str, Any], expected: str, status: int) -> str:
         resp = transport.request("POST", "/api/v1/events", auth, json.dumps(payload).encode())

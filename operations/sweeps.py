@@ -29,7 +29,8 @@ from django.utils import timezone
 from billing import sweeps as billing_sweeps
 from billing.providers import PaymentProvider
 from ingest import sweeps as ingest_sweeps
-from neruba.locks import Lease, LockLost, default_holder, lock_acquire, lock_release
+from neruba.fencing import LeasedRun, Outcome, leased_run
+from neruba.locks import Lease
 from neruba.metrics import SWEEP_FINDINGS
 from operations.models import SweepRun
 from webhooks import sweeps as webhook_sweeps
@@ -199,54 +200,69 @@ def sweep_run(
     on_running: Callable[[SweepRun], None] | None = None,
     on_progress: Callable[[dict[str, int]], None] | None = None,
 ) -> SweepRun:
-    """Runs one sweep and records it. ``on_running`` is called once the lease is taken and the
-    run recorded (process tests pause there); long sweeps report counts to ``on_progress``
-    after each chunk.
+    """Runs one sweep and records it, as a ``leased_run`` (``neruba.fencing``) on the lease
+    ``sweep:<name>``. ``on_running`` is called once the lease is taken and the run recorded
+    (process tests pause there); long sweeps report counts to ``on_progress`` after each chunk.
 
-    1. Take the lease ``sweep:<name>`` (not on a dry run); if it is held, record ``lock_held``.
+    1. Take the lease (not on a dry run); if it is held, record ``lock_held``.
     2. Record the run as ``running``, call the app's sweep with the lease.
     3. Record the counts, the new findings and ``succeeded`` — or ``failed`` with the error
        (a lost lease included). Release the lease."""
     sweep = SWEEPS[name]
-    holder = default_holder()
-    lease = None if dry_run else lock_acquire(name=lock_name(name), holder=holder)
-    if lease is None and not dry_run:
+    clock = time.monotonic()
+
+    def held(holder: str) -> SweepRun:
         return SweepRun.objects.create(
             sweep=name,
             trigger=trigger,
             status=SweepRun.Status.LOCK_HELD,
             finished_at=timezone.now(),
         )
-    run = SweepRun.objects.create(sweep=name, trigger=trigger, dry_run=dry_run)
-    if lease is not None:
-        _runs_abandon(run)
-    clock = time.monotonic()
-    ctx = SweepContext(
-        lease=lease,
-        now=run.started_at,
-        dry_run=dry_run,
-        since=since,
-        full=full,
-        provider=provider,
-        on_progress=on_progress,
-    )
-    try:
+
+    def start(holder: str, lease: Lease | None) -> SweepRun:
+        return SweepRun.objects.create(sweep=name, trigger=trigger, dry_run=dry_run)
+
+    def body(leased: LeasedRun[SweepRun]) -> None:
+        run = leased.record
+        ctx = SweepContext(
+            lease=leased.lease,
+            now=run.started_at,
+            dry_run=dry_run,
+            since=since,
+            full=full,
+            provider=provider,
+            on_progress=on_progress,
+        )
         if on_running is not None:
             on_running(run)
         counts = sweep.run(ctx)
         run.counts = {**counts, "seconds": round(time.monotonic() - clock, 3)}
         run.findings = int(counts.get("findings", 0))
-        run.status = SweepRun.Status.SUCCEEDED
-    except LockLost as exc:
-        run.status, run.error = SweepRun.Status.FAILED, f"lock lost: {exc.details}"
-    except Exception as exc:  # one failing sweep must not stop the others
-        logger.exception("sweep %s failed", name)
-        run.status, run.error = SweepRun.Status.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
-    finally:
+
+    def finish(run: SweepRun, outcome: Outcome) -> str:
+        if outcome.lock_lost:
+            details = getattr(outcome.error, "details", {})
+            run.status, run.error = SweepRun.Status.FAILED, f"lock lost: {details}"
+        elif outcome.error is not None:  # one failing sweep must not stop the others
+            exc = outcome.error
+            logger.error("sweep %s failed", name, exc_info=exc)
+            run.status, run.error = SweepRun.Status.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
+        else:
+            run.status = SweepRun.Status.SUCCEEDED
         run.finished_at = timezone.now()
         run.save(update_fields=["counts", "findings", "status", "error", "finished_at"])
-        if lease is not None:
-            lock_release(lease=lease)
+        return run.status
+
+    run = leased_run(
+        lock=lock_name(name),
+        job=f"sweep:{name}",
+        dry_run=dry_run,
+        held=held,
+        start=start,
+        body=body,
+        finish=finish,
+        abandon=_runs_abandon,
+    )
     if run.findings and not dry_run:
         SWEEP_FINDINGS.labels(sweep=name).inc(run.findings)
     return run

@@ -21,9 +21,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    ok, checks = readiness()
+    status, checks = readiness()
+    # degraded (the scheduler) still serves: 200, so the load balancer keeps this process.
     return JsonResponse(
-        {"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503
+        {"status": status, "checks": checks}, status=503 if status == "not_ready" else 200
     )
 
 

@@ -103,3 +103,14 @@ def catalog() -> dict[str, Any]:
         "metrics": {"api_calls": calls, "compute_seconds": seconds},
         "subscription": subscription,
     }
+
+
+def leases_expire(*names: str) -> int:
+    """Ends the named leases (all held ones when none are named) as if their TTL ran out.
+    Lease expiry is the database's clock on PostgreSQL, which time-machine does not move."""
+    from neruba.models import SchedulerLock
+
+    rows = SchedulerLock.objects.exclude(holder="")
+    if names:
+        rows = rows.filter(name__in=names)
+    return rows.update(expires_at=datetime(2000, 1, 1, tzinfo=UTC))

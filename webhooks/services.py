@@ -15,6 +15,7 @@ and the retry beat takes it over.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -28,13 +29,14 @@ from typing import Any
 
 import stripe
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from billing.payments import invoice_for_provider
 from neruba import audit, context
+from neruba.jsonparse import JsonRejected, loads_strict
 from neruba.metrics import REPLAYS, WEBHOOK_PROCESSING, WEBHOOK_RECEIPTS
 from neruba.models import Customer
 from webhooks import handlers
@@ -129,9 +131,12 @@ def signature_verify(
 
 def _parse_event(payload: str) -> dict[str, Any]:
     try:
-        data = json.loads(payload)
-    except ValueError:
-        data = None
+        data = loads_strict(payload)
+    except JsonRejected as exc:
+        # Not JSON at all is "not an event"; strictness failures keep their own codes.
+        if exc.code == "malformed_request":
+            raise _reject("not_an_event", "The body is not a Stripe event.") from None
+        raise _reject(exc.code, exc.message) from None
     if (
         not isinstance(data, dict)
         or data.get("object") != "event"
@@ -299,10 +304,16 @@ def event_receive(
         received_at=now,
         next_attempt_at=now + RECEIVED_GRACE,
     )
-    if not _insert_if_new(event):
+    stored_pk, created = _insert_if_new(event, payload_text)
+    if not created:
         WEBHOOK_RECEIPTS.labels(result="duplicate").inc()
-        existing = StripeEvent.objects.defer("raw_body", "payload").get(stripe_id=event.stripe_id)
-        return existing, False
+        # The stored row, as a reference: its id and stripe_id, every other field loaded from
+        # the database on first access. A redelivery answers from this one statement's result
+        # and costs no second query (it must cost less than a first delivery: Stripe retries
+        # in bursts after an outage).
+        return StripeEvent.from_db(
+            connection.alias, ["id", "stripe_id"], [stored_pk, event.stripe_id]
+        ), False
     # Runs at once in autocommit, else after the caller's commit: never before the row is
     # visible to the worker.
     transaction.on_commit(lambda: _enqueue(event.pk))
@@ -310,33 +321,101 @@ def event_receive(
     return event, True
 
 
-def _insert_if_new(event: StripeEvent) -> bool:
-    """Inserts ``event`` unless its ``stripe_id`` is stored; True when this call inserted it.
+@functools.cache
+def _insert_sql(vendor: str) -> str:
+    """The insert statement, built once per process from our own model (identifiers only;
+    every value is a parameter).
 
-    ``INSERT … ON CONFLICT (stripe_id) DO NOTHING RETURNING id`` decides in one statement: of
-    concurrent deliveries of one event exactly one gets the id back (the others wait for its
-    commit, then see the conflict). No exception is raised for a duplicate, so neither the
-    caller's transaction nor the receipt rate suffers from redeliveries. In autocommit the
-    statement is its own transaction: the row is durable before we answer Stripe."""
+    On PostgreSQL one statement answers both cases in one round trip: it looks the stripe id
+    up first and inserts only when it is absent, so a redelivery writes nothing, and JSON
+    columns arrive as text cast where the row is built (``::text::jsonb``), so a redelivery's
+    payload is never even parsed. ``ON CONFLICT`` still decides between concurrent first
+    deliveries."""
     meta = StripeEvent._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
     quote = connection.ops.quote_name
     table, pk, key = quote(meta.db_table), quote(meta.pk.column), quote("stripe_id")
+    fields = _insert_fields()
     columns = ", ".join(quote(f.column) for f in fields)
-    marks = ", ".join(["%s"] * len(fields))
-    # Identifiers come from our own model; every value is a parameter.
-    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
-    sql += f" ON CONFLICT ({key}) DO NOTHING RETURNING {pk}"
-    params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    if vendor != "postgresql":
+        marks = ", ".join(["%s"] * len(fields))
+        return (
+            f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
+            f" ON CONFLICT ({key}) DO NOTHING RETURNING {pk}"
+        )
+    values = ", ".join(
+        "%s::text::jsonb" if isinstance(f, models.JSONField) else "%s" for f in fields
+    )
+    return (
+        f"WITH found AS (SELECT {pk} FROM {table} WHERE {key} = %s), "  # noqa: S608
+        f"ins AS (INSERT INTO {table} ({columns}) SELECT {values}"
+        f" WHERE NOT EXISTS (SELECT 1 FROM found)"
+        f" ON CONFLICT ({key}) DO NOTHING RETURNING {pk}) "
+        f"SELECT {pk}, true FROM ins UNION ALL SELECT {pk}, false FROM found"
+    )
+
+
+@functools.cache
+def _insert_fields() -> list[Any]:
+    return [f for f in StripeEvent._meta.concrete_fields if not f.primary_key]
+
+
+def _cursor() -> Any:
+    """A server-side-binding psycopg cursor on Django's connection (same transaction) on
+    PostgreSQL; Django's cursor elsewhere."""
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+def _postgres_params(event: StripeEvent, payload_text: str) -> list[Any]:
+    params: list[Any] = [event.stripe_id]
+    for field in _insert_fields():
+        if field.attname == "payload":
+            # The verified body *is* the payload's JSON (the strict reader refused anything it
+            # would read differently), so it is not serialised again.
+            params.append(payload_text)
+        elif isinstance(field, models.JSONField):
+            params.append(json.dumps(getattr(event, field.attname)))
+        else:
+            params.append(field.get_db_prep_save(getattr(event, field.attname), connection))
+    return params
+
+
+def _insert_if_new(event: StripeEvent, payload_text: str) -> tuple[int, bool]:
+    """Inserts ``event`` unless its ``stripe_id`` is stored; returns (id, inserted by us).
+
+    ``INSERT … ON CONFLICT (stripe_id) DO NOTHING`` decides in one statement: of concurrent
+    deliveries of one event exactly one gets its id back (the others wait for its commit, then
+    see the conflict). No exception is raised for a duplicate, so neither the caller's
+    transaction nor the receipt rate suffers from redeliveries. In autocommit the statement is
+    its own transaction: the row is durable before we answer Stripe."""
+    with _cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Bound on the server and prepared once per connection: client-side binding would
+            # render the ~5 kB body into the SQL text in Python on every delivery.
+            sql = _insert_sql("postgresql")
+            cursor.execute(sql, _postgres_params(event, payload_text), prepare=True)
+        else:
+            fields = _insert_fields()
+            params = [f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields]
+            cursor.execute(_insert_sql(connection.vendor), params)
         row = cursor.fetchone()
-    if row is None:
-        return False
+        if row is None:
+            # A concurrent first delivery committed after this statement's snapshot (Postgres),
+            # or the plain duplicate (elsewhere): read the stored id.
+            cursor.execute(
+                "SELECT id FROM webhooks_stripeevent WHERE stripe_id = %s", [event.stripe_id]
+            )
+            return cursor.fetchone()[0], False
+    if len(row) > 1 and not row[1]:
+        return row[0], False
     event.pk = row[0]
     event._state.adding = False
     event._state.db = connection.alias
-    return True
+    return row[0], True
 
 
 # --- processing ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ingest.envelope import CLOUDEVENT, CLOUDEVENT_BATCH, parse_envelope
 from ingest.exceptions import MalformedEnvelope, TooManyEvents, UnsupportedMediaType
 from ingest.validation import extract_value, parse_item
+from neruba.jsonparse import JsonRejected
 
 ITEM_CODES = {"invalid_event", "missing_field", "invalid_field", "invalid_timestamp"}
 json_values = st.recursive(
@@ -51,7 +52,7 @@ well_formed = st.fixed_dictionaries(
 def test_any_body_is_an_envelope_or_a_whole_request_error(body: bytes, content_type: str) -> None:
     try:
         envelope = parse_envelope(body, content_type, max_items=5)
-    except (MalformedEnvelope, TooManyEvents, UnsupportedMediaType) as exc:
+    except (MalformedEnvelope, TooManyEvents, UnsupportedMediaType, JsonRejected) as exc:
         assert exc.http_status in {400, 413, 415}
         return
     assert envelope.payloads and len(envelope.payloads) <= 5
@@ -106,3 +107,15 @@ def test_value_extraction_gives_a_bounded_value_or_an_invalid_value_message(
         assert value is None and 0 < len(distinct) <= 255
     else:
         assert isinstance(value, Decimal) and value.is_finite() and abs(value) < Decimal(10) ** 20
+
+
+def test_a_literal_backslash_u0000_in_properties_is_not_mistaken_for_a_nul() -> None:
+    base = {
+        "idempotency_key": "k",
+        "customer": "acme",
+        "metric": "api_calls",
+        "timestamp": "2026-03-10T11:00:00Z",
+    }
+    assert parse_item(0, {**base, "properties": {"path": "C:\\u0000"}}).error is None
+    nul = parse_item(0, {**base, "properties": {"path": "a\x00b"}}).error
+    assert nul is not None and nul[0] == "invalid_field"

@@ -200,6 +200,30 @@ def test_the_explainer_answers_for_a_late_event(page: Any) -> None:
     assert page.locator("a.guarded-object-action").count() == 0  # support cannot resolve it
 
 
+def test_operations_sees_a_stale_scheduler_in_red_and_then_the_active_beat(page: Any) -> None:
+    from neruba.beat import BEAT_LOCK
+    from neruba.locks import lock_acquire
+    from operations.health import heartbeat_record
+
+    login(page, "Operations")
+    heading = page.locator("#panel-readiness h2 .degraded")
+    assert heading.inner_text() == "DEGRADED"
+    red = "rgb(186, 33, 33)"
+    assert heading.evaluate("e => getComputedStyle(e).color") == red
+    scheduler = page.locator("#panel-readiness tr.failing", has_text="scheduler")
+    assert scheduler.evaluate("e => getComputedStyle(e).color") == red
+    assert "no celery beat holds" in page.inner_text("#beat-active")
+    shot(page, "operations-home-degraded")
+
+    heartbeat_record(name="beat")
+    lock_acquire(name=BEAT_LOCK, holder="beat:host-b:77:beef", ttl=timedelta(minutes=1))
+    page.goto("/admin/")
+    assert page.inner_text("#panel-readiness h2 .ready") == "ready"
+    assert "beat:host-b:77:beef" in page.inner_text("#beat-active")
+    assert page.locator("#panel-readiness tr.failing").count() == 0
+    shot(page, "operations-home-ready")
+
+
 def test_finance_sees_a_refunded_and_lost_charge_as_cash_never_credit_and_closes_its_finding(
     page: Any, settings: Any
 ) -> None:

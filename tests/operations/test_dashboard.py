@@ -247,6 +247,31 @@ def test_refused_webhooks_and_the_configured_secret_hints_show_on_the_operations
 
 
 @pytest.mark.django_db
+def test_console_home_and_metrics_show_which_beat_is_active_and_degraded_in_red(
+    console_user, client
+) -> None:
+    from neruba.beat import BEAT_LOCK
+
+    html = _home(console_user("superuser"))
+    assert '<span class="degraded">DEGRADED</span>' in html, "no heartbeat yet"
+    assert '<tr class="failing"><th>scheduler</th>' in html
+    assert '<tr id="beat-active" class="failing">' in html
+    assert "no celery beat holds the scheduling lease" in html
+    assert "#panel-readiness .degraded" in html and "color: #ba2121" in html
+
+    heartbeat_record(name="beat")
+    locks.lock_acquire(name=BEAT_LOCK, holder="beat:host-a:41:cafe", ttl=timedelta(seconds=30))
+    html = _home(console_user("superuser", username="second"))
+    assert '<span class="ready">ready</span>' in html
+    assert '<tr id="beat-active"><th>active beat</th>' in html and "beat:host-a:41:cafe" in html
+    metrics = client.get("/metrics").content.decode()
+    assert 'neruba_beat_active{holder="beat:host-a:41:cafe"} 1.0' in metrics
+    assert (
+        "active beat beat:host-a:41:cafe"
+        in client.get("/readyz").json()["checks"]["scheduler"]["detail"]
+    )
+
+
 def test_open_payment_findings_are_a_backlog_row_for_finance(console_user) -> None:
     from billing.models import PaymentCharge, PaymentFinding
 

@@ -39,8 +39,15 @@ def test_every_compose_role_is_handled_by_the_entrypoint() -> None:
     }
     assert roles <= handled
     # check_env runs before anything else, migrations before gunicorn.
-    assert entrypoint.index("check_env") < entrypoint.index("migrate --noinput")
-    assert entrypoint.index("migrate --noinput") < entrypoint.index("exec gunicorn")
+    assert entrypoint.index("check_env") < entrypoint.index("manage.py migrate_locked")
+    assert entrypoint.index("manage.py migrate_locked") < entrypoint.index("exec gunicorn")
+    assert "manage.py migrate " not in entrypoint, "every migrate takes the advisory lock"
+
+
+def test_the_systemd_web_unit_migrates_under_the_advisory_lock() -> None:
+    unit = (DEPLOY / "systemd" / "neruba-web.service").read_text()
+    assert "ExecStartPre=/opt/neruba/.venv/bin/python manage.py migrate_locked" in unit
+    assert "manage.py migrate " not in unit
 
 
 def test_dockerfile_is_multi_stage_runs_unprivileged_and_checks_readiness() -> None:

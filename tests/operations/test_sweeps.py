@@ -24,6 +24,7 @@ from neruba.models import SchedulerLock
 from operations.models import SweepRun
 from operations.sweeps import SWEEPS, lock_name, sweep_run
 from tests.billing.helpers import add_events
+from tests.factories import leases_expire
 from tests.webhooks.helpers import invoice_event, make_invoice
 from webhooks.models import StripeEvent
 
@@ -129,8 +130,8 @@ def test_stuck_runs_whose_lease_expired_are_abandoned_and_their_windows_released
     )
     live = sweep_run(name="stuck_runs", trigger="command")
     assert live.counts["runs_abandoned"] == 0, "the lease is still live"
-    with time_machine.travel(timezone.now() + timedelta(minutes=5), tick=True):
-        run = sweep_run(name="stuck_runs", trigger="command")
+    leases_expire(services.BILLING_LOCK)
+    run = sweep_run(name="stuck_runs", trigger="command")
     assert (run.counts["runs_abandoned"], run.counts["windows_released"]) == (1, 1)
     stuck.refresh_from_db()
     window.refresh_from_db()
@@ -284,11 +285,11 @@ def test_a_sweep_that_lost_its_lease_writes_nothing(
     )
     lease = locks.lock_acquire(name=lock_name("usage_drift"), holder="paused-sweeper")
     assert lease is not None
-    with time_machine.travel(timezone.now() + timedelta(minutes=5), tick=True):
-        taker = locks.lock_acquire(name=lock_name("usage_drift"), holder="next-sweeper")
-        assert taker is not None and taker.token == lease.token + 1
-        with pytest.raises(locks.LockLost):
-            usage_drift_sweep(lease=lease, since=None)
+    leases_expire(lock_name("usage_drift"))
+    taker = locks.lock_acquire(name=lock_name("usage_drift"), holder="next-sweeper")
+    assert taker is not None and taker.token == lease.token + 1
+    with pytest.raises(locks.LockLost):
+        usage_drift_sweep(lease=lease, since=None)
     assert not DriftFinding.objects.exists()
     assert usage_drift_sweep(lease=taker, since=None)["findings"] == 1
 

@@ -213,3 +213,22 @@ def test_the_processing_task_takes_every_received_event_oldest_first(client: Any
         ("invoice.payment_failed", "http"),
         ("invoice.paid", "http"),
     ]
+
+
+@pytest.mark.django_db
+def test_a_stored_payload_equals_the_signed_body_and_a_redelivery_returns_the_stored_row() -> None:
+    import json
+
+    invoice = make_invoice()
+    body, signature = invoice_event(invoice, type="invoice.paid", id="evt_roundtrip")
+    event, created = services.event_receive(body=body, signature=signature, headers={})
+    assert created
+    stored = StripeEvent.objects.get(pk=event.pk)
+    assert stored.payload == json.loads(body)
+    assert bytes(stored.raw_body) == body
+
+    again, created_again = services.event_receive(body=body, signature=signature, headers={})
+    assert not created_again
+    assert (again.pk, again.stripe_id) == (event.pk, "evt_roundtrip")
+    assert again.type == "invoice.paid"  # loaded from the stored row on access
+    assert StripeEvent.objects.count() == 1
