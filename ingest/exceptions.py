@@ -48,3 +48,18 @@ class ReplayFailed(NerubaError):
     code = "replay_failed"
     http_status = 422
     message = "The replayed item still fails."
+
+
+class BackfillClosed(Conflict):
+    code = "backfill_closed"
+    message = "The backfill is closed: open a new one to load more history."
+
+
+class EventAlreadyVoided(Conflict):
+    code = "event_voided"
+    message = "The event is already voided: nothing counts it any more."
+
+
+class EventNotCorrectable(Conflict):
+    code = "event_not_correctable"
+    message = "This event cannot be corrected."

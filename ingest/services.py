@@ -19,6 +19,7 @@ from django.utils.dateparse import parse_datetime
 from ingest.exceptions import MetricExists, RejectionNotReplayable
 from ingest.models import (
     Aggregation,
+    Backfill,
     EventDuplicates,
     IngestBatch,
     IngestRejection,
@@ -445,6 +446,7 @@ def events_ingest(
     request_id: str = "",
     replay_of: IngestRejection | None = None,
     window_now: datetime | None = None,
+    backfill: Backfill | None = None,
 ) -> IngestResult:
     """Ingests one request's items; every item gets an outcome, none fails the batch.
 
@@ -459,14 +461,26 @@ def events_ingest(
     ``replay_of`` re-submits a rejection's raw payload: a stored item has the outcome
     ``replay`` and links to the rejection, and a failure updates that rejection instead of
     adding one. ``window_now`` is the instant the timestamp window is measured from (the
-    original receipt for a replay: the event arrived in time, the cause was ours)."""
+    original receipt for a replay: the event arrived in time, the cause was ours).
+
+    ``backfill`` (an open backfill, checked and locked by ``ingest.backfills.backfill_ingest``,
+    which calls this inside its transaction) replaces the timestamp window with the backfill's
+    ``[starts_at, ends_at)``, outside of which an item fails with ``outside_backfill_window``;
+    the batch is linked to the backfill, whose counts add up from its batches."""
     started = time.perf_counter()
+    if backfill is not None:
+        source = "backfill"
     now = timezone.now()
     stored_outcome = Outcome.REPLAY if replay_of is not None else Outcome.ACCEPTED
     prefix = api_key.prefix if api_key is not None else ""
     items = [parse_item(i, raw, cloudevent=cloudevents) for i, raw in enumerate(payloads)]
     candidates = _prepare(
-        items, now=now, window_now=window_now or now, source=source, replay_of=replay_of
+        items,
+        now=now,
+        window_now=window_now or now,
+        source=source,
+        replay_of=replay_of,
+        backfill=backfill,
     )
 
     counts = dict.fromkeys(Outcome.values, 0)
@@ -496,6 +510,7 @@ def events_ingest(
         connection.vendor == "postgresql"
         and not connection.in_atomic_block
         and replay_of is None
+        and backfill is None
         and len(candidates) == len(items)
         and len(rows) > 0
     )
@@ -519,6 +534,8 @@ def events_ingest(
     with transaction.atomic():
         if not fast:
             batch_id, inserted, counted = _insert_batch_and_events(batch_values, rows)
+        if backfill is not None:
+            IngestBatch.objects.filter(pk=batch_id).update(backfill=backfill)
         counts, results = _settle(
             items, candidates, inserted, counted, batch_id, now, prefix, stored_outcome, replay_of
         )
@@ -677,12 +694,15 @@ def _prepare(
     window_now: datetime,
     source: str,
     replay_of: IngestRejection | None,
+    backfill: Backfill | None = None,
 ) -> dict[str, tuple[Item, tuple[Any, ...]]]:
     """The checks that need the database, with one lookup each for customers (with their
     invoiced watermark) and metrics. Marks failing items and returns, per key, the first valid
     item and its row (in ``_COLUMNS`` order, without the batch id)."""
     limits = Limits.from_settings()
     oldest, newest = window_now - limits.max_age, window_now + limits.max_skew
+    if backfill is not None:
+        oldest, newest = backfill.starts_at, backfill.ends_at
 
     customers, metrics = _lookup(
         {it.customer for it in items if it.error is None},
@@ -699,6 +719,16 @@ def _prepare(
             continue
         timestamp = item.timestamp
         assert timestamp is not None
+        if backfill is not None and not (oldest <= timestamp < newest):
+            item.fail(
+                "outside_backfill_window",
+                f"The timestamp is outside backfill {backfill.pk}'s window "
+                f"[{oldest.isoformat()}, {newest.isoformat()}).",
+                backfill_id=backfill.pk,
+                starts_at=oldest.isoformat(),
+                ends_at=newest.isoformat(),
+            )
+            continue
         if timestamp < oldest:
             item.fail(
                 "timestamp_too_old",
