@@ -144,6 +144,7 @@ class EventIngestApi(ScopedApi):
             ),
             201: OpenApiResponse(IngestResultOutput, description="A single event was accepted."),
             400: OpenApiResponse(ErrorSerializer, description="Malformed or too many items."),
+            404: OpenApiResponse(ErrorSerializer, description="No backfill has that id."),
             409: OpenApiResponse(IngestResultOutput, description="Conflicting single event."),
             413: OpenApiResponse(ErrorSerializer, description="The body is too large."),
             415: OpenApiResponse(ErrorSerializer, description="Not a JSON media type."),
@@ -312,7 +313,10 @@ class _KeyedPostApi(ScopedApi):
     suffix = ""
     required_scopes = {"GET": "read", "POST": "write"}
 
-    @extend_schema(exclude=True)
+    @extend_schema(
+        summary="An event whose key itself ends in /void or /amend (keys may hold slashes)",
+        responses={200: EventDetailApi.Output, 404: ErrorSerializer},
+    )
     def get(self, request: Request, idempotency_key: str) -> Response:
         return EventDetailApi().get(request, f"{idempotency_key}/{self.suffix}")
 
@@ -494,7 +498,7 @@ class BackfillDetailApi(ScopedApi):
         summary="A backfill and its counts",
         responses={200: BackfillOutput, 404: ErrorSerializer},
     )
-    def get(self, request: Request, backfill_id: int) -> Response:
+    def get(self, request: Request, backfill_id: str) -> Response:
         backfill = backfills.backfill_get(backfill_id=backfill_id)
         return Response(BackfillOutput(backfills.backfill_dict(backfill)).data)
 
@@ -513,7 +517,7 @@ class BackfillCloseApi(ScopedApi):
         request=None,
         responses={200: BackfillOutput, 404: ErrorSerializer, 409: ErrorSerializer},
     )
-    def post(self, request: Request, backfill_id: int) -> Response:
+    def post(self, request: Request, backfill_id: str) -> Response:
         backfill = backfills.backfill_get(backfill_id=backfill_id)
         closed = backfills.backfill_close(backfill=backfill, actor=api_key_from_request(request))
         return Response(BackfillOutput(backfills.backfill_dict(closed)).data)

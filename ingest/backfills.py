@@ -76,8 +76,11 @@ def backfill_create(
 
 def backfill_get(*, backfill_id: Any) -> Backfill:
     try:
-        return Backfill.objects.get(pk=int(backfill_id))
-    except (Backfill.DoesNotExist, TypeError, ValueError):
+        pk = int(backfill_id)
+        if not 0 < pk < 2**63:
+            raise ValueError
+        return Backfill.objects.get(pk=pk)
+    except (Backfill.DoesNotExist, TypeError, ValueError, OverflowError):
         raise NotFound("No backfill has that id.", details={"backfill": backfill_id}) from None
 
 

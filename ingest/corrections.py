@@ -58,7 +58,7 @@ def _snapshot(row: UsageEvent) -> dict[str, Any]:
     }
 
 
-def _invoiced(customer_id: int, timestamp: datetime) -> bool:
+def period_invoiced(customer_id: int, timestamp: datetime) -> bool:
     through = (
         InvoicedWatermark.objects.filter(customer_id=customer_id)
         .values_list("invoiced_through", flat=True)
@@ -106,7 +106,7 @@ def event_void(*, event: UsageEvent, actor: audit.Actor | ApiKey, reason: str) -
         now = timezone.now()
         before = _snapshot(row)
         UsageEvent.objects.filter(pk=row.pk).update(voided_at=now)
-        late = row.late or _invoiced(row.customer_id, row.timestamp)
+        late = row.late or period_invoiced(row.customer_id, row.timestamp)
         correction = EventCorrection.objects.create(
             event=original,
             excluded=row,
@@ -165,7 +165,7 @@ def event_amend(
             ) from None
         now = timezone.now()
         before = _snapshot(row)
-        late = row.late or _invoiced(row.customer_id, row.timestamp)
+        late = row.late or period_invoiced(row.customer_id, row.timestamp)
         UsageEvent.objects.filter(pk=row.pk).update(voided_at=now)
         replacement = UsageEvent.objects.create(
             idempotency_key=None,

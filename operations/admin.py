@@ -338,8 +338,8 @@ class CsvExportMixin:
 
 
 class CustomerHubAdmin(ConsolePageMixin, GuardedAdminMixin, neruba_admin.CustomerAdmin):
-    actions = [issue_credit]
-    object_actions = ["issue_credit"]
+    actions = [issue_credit, ingest_admin.void_usage_range]
+    object_actions = ["issue_credit", "void_usage_range"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Customer | None = None) -> bool:
         # Invoices, ledger entries and the audit log point at customers: history stays.
@@ -379,7 +379,7 @@ def choices_filter(title: str, field: str, values: Sequence[str]) -> type[Choice
 
 
 # Sources the ingest path writes (the API, operator replays, the demo seed).
-EVENT_SOURCES = ("api", "replay", "demo")
+EVENT_SOURCES = ("api", "replay", "demo", "backfill", "amend")
 
 
 class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.UsageEventAdmin):
