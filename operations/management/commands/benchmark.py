@@ -1,4 +1,4 @@
-"""``manage.py benchmark {ingest,billing,webhooks,console,drift}``: ratios against a
+"""``manage.py benchmark {ingest,billing,webhooks,console,drift,corrections}``: ratios against a
 raw-database baseline measured in the same run, so an operator can size a deployment on their
 own hardware.
 
@@ -18,6 +18,7 @@ SUITES = {
     "webhooks": "webhooks.benchmark",
     "console": "operations.benchmark_console",
     "drift": "billing.benchmark_drift",
+    "corrections": "billing.benchmark_corrections",
 }
 
 
