@@ -971,5 +971,11 @@ def ingest_prune(*, now: datetime) -> dict[str, int]:
     cutoff = now - timedelta(seconds=settings.NERUBA["NERUBA_INGEST_RETENTION"])
     with transaction.atomic():
         rejections, _ = IngestRejection.objects.filter(created_at__lt=cutoff).delete()
-        batches, _ = IngestBatch.objects.filter(received_at__lt=cutoff).delete()
+        # An open backfill's counts and its close's drift check read its batches: they stay
+        # until it is closed (its counts are frozen then).
+        batches, _ = (
+            IngestBatch.objects.filter(received_at__lt=cutoff)
+            .exclude(backfill__status=Backfill.Status.OPEN)
+            .delete()
+        )
     return {"batches": batches, "rejections": rejections}
