@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing.exceptions import FindingNotOpen, ResolutionInvalid
@@ -97,7 +97,13 @@ def drift_on_backfill_closed(*, backfill: Backfill, **_: Any) -> tuple[int, int]
     window_ids = backfill_window_ids(backfill=backfill)
     if not window_ids:
         return 0, 0
-    counts = usage_drift_sweep(lease=None, window_ids=window_ids)
+    try:
+        with transaction.atomic():
+            counts = usage_drift_sweep(lease=None, window_ids=window_ids)
+    except IntegrityError:
+        # A drift sweep running now inserted the same open finding first (one open finding per
+        # window, metric and kind): checked again, that finding is found and updated instead.
+        counts = usage_drift_sweep(lease=None, window_ids=window_ids)
     return counts["windows"], counts["findings"]
 
 

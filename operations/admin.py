@@ -388,7 +388,9 @@ class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.Us
 
     def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
         context = super().console_context(request, obj)
-        context["console_links"].append(_explain_link(obj.idempotency_key))
+        # An amendment's row has no key of its own: explain the event it amends.
+        key = obj.amends.idempotency_key if obj.amends_id else obj.idempotency_key
+        context["console_links"].append(_explain_link(key or ""))
         return context
 
 

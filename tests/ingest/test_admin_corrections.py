@@ -83,9 +83,11 @@ def test_support_amends_an_event_with_its_new_properties(
     client.post(url, {"confirm": "yes", "reason": "ms not s", "properties": '{"seconds": 0.01}'})
     correction = EventCorrection.objects.get()
     assert correction.kind == "amend" and correction.actor.username.startswith("support")
-    assert correction.replacement.value == Decimal("0.01") and correction.before[
-        "value"
-    ].startswith("10")
+    assert correction.replacement.value == Decimal("0.01")
+    assert correction.before["value"].startswith("10")
+    page = client.get(f"{EVENTS}{correction.replacement_id}/change/")
+    assert page.status_code == 200
+    assert b"key=c-2" in page.content, "the amendment's page explains the event it amends"
 
 
 def test_void_usage_in_a_range_counts_first_then_voids(
