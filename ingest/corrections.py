@@ -367,6 +367,7 @@ def events_void_bulk(
             locked = list(
                 UsageEvent.objects.select_for_update()
                 .filter(pk__in=ids, voided_at__isnull=True)
+                .order_by("pk")  # in id order, like a single correction (event, then amendment)
                 .values_list("pk", flat=True)
             )
             if locked:
