@@ -76,12 +76,19 @@ def backfill_create(
 
 def backfill_get(*, backfill_id: Any) -> Backfill:
     try:
-        pk = int(backfill_id)
-        if not 0 < pk < 2**63:
-            raise ValueError
-        return Backfill.objects.get(pk=pk)
-    except (Backfill.DoesNotExist, TypeError, ValueError, OverflowError):
+        return Backfill.objects.get(pk=_pk(backfill_id))
+    except Backfill.DoesNotExist:
         raise NotFound("No backfill has that id.", details={"backfill": backfill_id}) from None
+
+
+def _pk(backfill_id: Any) -> int:
+    try:
+        pk = int(backfill_id)
+    except (TypeError, ValueError, OverflowError):
+        pk = 0
+    if not 0 < pk < 2**63:
+        raise NotFound("No backfill has that id.", details={"backfill": backfill_id})
+    return pk
 
 
 def backfill_counts(*, backfill: Backfill) -> dict[str, int]:
@@ -94,11 +101,6 @@ def backfill_counts(*, backfill: Backfill) -> dict[str, int]:
     counts = {name: int(sums[name] or 0) for name in _COUNTED}
     counts["late"] = _late_events(backfill).count()
     return counts
-
-
-def backfill_late_events(backfill: Backfill) -> Any:
-    """The backfill's events stored into periods already invoiced (flagged ``late``)."""
-    return _late_events(backfill)
 
 
 def _late_events(backfill: Backfill) -> Any:
@@ -128,9 +130,10 @@ def backfill_ingest(
     are summed from the batches), while a close (FOR UPDATE) waits for the batches in flight
     and every batch after it finds the backfill closed."""
     with transaction.atomic():
-        backfill = backfill_get(backfill_id=backfill_id)
         if connection.vendor == "postgresql":
-            backfill = _share_locked(backfill.pk)
+            backfill = _share_locked(backfill_id)
+        else:
+            backfill = backfill_get(backfill_id=backfill_id)
         if backfill.status != Backfill.Status.OPEN:
             raise BackfillClosed(details={"backfill": backfill.pk, "closed_at": backfill.closed_at})
         return events_ingest(
@@ -143,12 +146,18 @@ def backfill_ingest(
         )
 
 
-def _share_locked(backfill_id: int) -> Backfill:
-    # Django's select_for_update has no FOR SHARE.
-    return Backfill.objects.raw(
-        f"SELECT * FROM {Backfill._meta.db_table} WHERE id = %s FOR SHARE",  # noqa: S608
-        [backfill_id],
-    )[0]
+def _share_locked(backfill_id: Any) -> Backfill:
+    # Django's select_for_update has no FOR SHARE. One statement: a batch is round-trip bound.
+    pk = _pk(backfill_id)
+    rows = list(
+        Backfill.objects.raw(
+            f"SELECT * FROM {Backfill._meta.db_table} WHERE id = %s FOR SHARE",  # noqa: S608
+            [pk],
+        )
+    )
+    if not rows:
+        raise NotFound("No backfill has that id.", details={"backfill": backfill_id})
+    return rows[0]
 
 
 def backfill_close(
