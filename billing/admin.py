@@ -9,8 +9,9 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from billing import services
+from billing import payments, services
 from billing.models import (
+    GRANTABLE,
     BillingRun,
     BillingWindow,
     CreditEntry,
@@ -18,10 +19,10 @@ from billing.models import (
     DriftFinding,
     Invoice,
     InvoiceLine,
+    PaymentFinding,
     Plan,
     Price,
     ProviderSync,
-    ReasonCode,
     Refund,
     Subscription,
 )
@@ -33,6 +34,22 @@ from neruba.admin_actions import (
 )
 from neruba.admin_site import console
 from neruba.errors import NerubaError
+from neruba.money import money
+
+# Reason codes a person may grant credit for (never a Stripe refund or dispute: those are cash).
+GRANTABLE_CHOICES = [(c.value, c.label) for c in GRANTABLE]
+
+
+def cash_story(invoice: Invoice) -> str:
+    """The invoice's money in one line, in major units: what it charged, what arrived, what
+    went back to the card, and the net."""
+    cur = invoice.currency
+    return (
+        f"charged {money(invoice.total, cur)}, paid {money(invoice.amount_paid, cur)}, "
+        f"refunded {money(invoice.amount_refunded, cur)}, lost in disputes "
+        f"{money(invoice.amount_disputed, cur)}, collected {money(invoice.amount_collected, cur)}"
+        f" {cur}"
+    )
 
 
 class PriceInline(admin.TabularInline):
@@ -54,7 +71,7 @@ class SubscriptionForm(forms.ModelForm):
 
     class Meta:
         model = Subscription
-        fields = ["customer", "plan", "started_at", "ended_at"]
+        fields = ["customer", "plan", "started_at", "ended_at", "external_id"]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -86,17 +103,17 @@ class SubscriptionAdmin(admin.ModelAdmin):
     and invoices depend on the customer, plan and start). Both paths are audited."""
 
     form = SubscriptionForm
-    list_display = ["customer", "plan", "started_at", "ended_at"]
+    list_display = ["customer", "plan", "external_id", "started_at", "ended_at"]
     list_filter = ["plan"]
     list_select_related = ["customer", "plan"]
     raw_id_fields = ["customer"]
-    search_fields = ["customer__external_id", "customer__name"]
+    search_fields = ["customer__external_id", "customer__name", "=external_id"]
     show_full_result_count = False
 
     def get_readonly_fields(
         self, request: HttpRequest, obj: Subscription | None = None
     ) -> list[str]:
-        return ["customer", "plan", "started_at"] if obj is not None else []
+        return ["customer", "plan", "started_at", "external_id"] if obj is not None else []
 
     def save_model(self, request: HttpRequest, obj: Subscription, form: Any, change: bool) -> None:
         if change:
@@ -109,6 +126,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
             plan=obj.plan,
             started_at=obj.started_at,
             ended_at=obj.ended_at,
+            external_id=obj.external_id,
             actor=request.user,
         )
         obj.pk = created.pk
@@ -208,6 +226,46 @@ class CreditAppliedInline(admin.TabularInline):
         return False
 
 
+class _ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class RefundInline(_ReadOnlyInline):
+    model = Refund
+    verbose_name_plural = "refunds (cash back to the card, never credit)"
+    fields = ["stripe_refund_id", "charge_id", "status", "amount_shown", "stripe_created"]
+    readonly_fields = fields
+
+    @admin.display(description="amount")
+    def amount_shown(self, obj: Refund) -> str:
+        return f"{money(obj.amount, obj.currency)} {obj.currency}"
+
+
+class DisputeInline(_ReadOnlyInline):
+    model = Dispute
+    verbose_name_plural = "disputes (a lost one is cash taken back by the card issuer)"
+    fields = ["stripe_dispute_id", "charge_id", "status", "amount_shown", "closed_at"]
+    readonly_fields = fields
+
+    @admin.display(description="amount")
+    def amount_shown(self, obj: Dispute) -> str:
+        return f"{money(obj.amount, obj.currency)} {obj.currency}"
+
+
+class PaymentFindingInline(_ReadOnlyInline):
+    model = PaymentFinding
+    verbose_name_plural = "payment findings (charges that returned more than they collected)"
+    fields = ["detail", "status", "resolution", "created_at"]
+    readonly_fields = fields
+
+
 @admin.register(Invoice, site=console)
 class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = [
@@ -218,6 +276,7 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "period_start",
         "period_end",
         "total",
+        "amount_collected",
         "currency",
         "issued_at",
     ]
@@ -226,7 +285,13 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     raw_id_fields = ["customer", "subscription", "window", "run", "supersedes"]
     search_fields = ["=number", "customer__external_id", "=provider_invoice_id"]
     show_full_result_count = False
-    inlines = [InvoiceLineInline, CreditAppliedInline]
+    inlines = [
+        InvoiceLineInline,
+        CreditAppliedInline,
+        RefundInline,
+        DisputeInline,
+        PaymentFindingInline,
+    ]
     readonly_fields = [
         "number",
         "customer",
@@ -238,6 +303,7 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         "subtotal",
         "credits_applied",
         "total",
+        "cash",
         "window_link",
         "run_link",
         "supersedes_link",
@@ -252,6 +318,10 @@ class InvoiceAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     fields = readonly_fields
     actions = [rerun_invoices, mark_paid]
     object_actions = ["rerun_invoices", "mark_paid"]
+
+    @admin.display(description="cash story")
+    def cash(self, obj: Invoice) -> str:
+        return cash_story(obj)
 
     @admin.display(description="window")
     def window_link(self, obj: Invoice) -> str:
@@ -309,12 +379,27 @@ class CreditIssueForm(forms.ModelForm):
     currency = forms.RegexField(
         r"^[A-Za-z]{3}$", required=False, help_text="Default: the customer's currency."
     )
-    reason_code = forms.ChoiceField(choices=ReasonCode.choices)
+    reason_code = forms.ChoiceField(
+        choices=GRANTABLE_CHOICES,
+        help_text="Refund as credit: finance chose credit instead of a cash refund. A Stripe "
+        "refund or lost dispute is cash, shown on its invoice, never credit.",
+    )
     note = forms.CharField(label="Reason", widget=forms.Textarea, help_text="Required; audited.")
 
     class Meta:
         model = CreditEntry
         fields = ["customer", "amount", "currency", "reason_code", "note"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        customer, currency = data.get("customer"), (data.get("currency") or "").upper()
+        if customer is not None and currency and currency != customer.currency.upper():
+            self.add_error(
+                "currency",
+                f"A credit must be in the customer's currency ({customer.currency.upper()}), "
+                f"not {currency}.",
+            )
+        return data
 
 
 @admin.register(CreditEntry, site=console)
@@ -323,7 +408,7 @@ class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "id",
         "customer",
         "kind",
-        "amount",
+        "amount_shown",
         "currency",
         "reason_code",
         "invoice",
@@ -335,6 +420,10 @@ class CreditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ["customer__external_id", "=source_key"]
     show_full_result_count = False
     form = CreditIssueForm
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_shown(self, obj: CreditEntry) -> str:
+        return money(obj.amount, obj.currency)
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return request.user.has_perm("billing.issue_credit")
@@ -375,7 +464,15 @@ class ProviderSyncAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Refund, site=console)
 class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["stripe_refund_id", "invoice", "customer", "amount", "currency", "status"]
+    list_display = [
+        "stripe_refund_id",
+        "charge_id",
+        "invoice",
+        "customer",
+        "amount",
+        "currency",
+        "status",
+    ]
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]
     raw_id_fields = ["invoice", "customer"]
@@ -385,7 +482,15 @@ class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Dispute, site=console)
 class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["stripe_dispute_id", "invoice", "customer", "amount", "currency", "status"]
+    list_display = [
+        "stripe_dispute_id",
+        "charge_id",
+        "invoice",
+        "customer",
+        "amount",
+        "currency",
+        "status",
+    ]
     list_filter = ["status", "currency"]
     list_select_related = ["invoice", "customer"]
     raw_id_fields = ["invoice", "customer"]
@@ -400,3 +505,70 @@ class DriftFindingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ["window", "metric"]
     raw_id_fields = ["window", "metric", "invoice", "resolved_by"]
     show_full_result_count = False
+
+
+def _finding_close(finding: PaymentFinding, actor: Any, reason: str) -> str | None:
+    payments.payment_finding_close(finding=finding, actor=actor, reason=reason)
+    return None
+
+
+close_payment_findings = guarded_action(
+    name="close_payment_findings",
+    label="Mark handled (settled with the provider)",
+    permission="billing.resolve_paymentfinding",
+    perform=_finding_close,
+    preview=lambda f: f"{f.detail}: closed as handled; no balance moves",
+    eligible=lambda f: f.status == PaymentFinding.Status.OPEN,
+    explanation="Nothing is credited or charged: the cash already went back to the card. Close "
+    "the finding once finance has settled the over-return with the provider (e.g. accepted the "
+    "loss or recovered the refund). It reopens only if the charge's numbers change again.",
+)
+
+
+@admin.register(PaymentFinding, site=console)
+class PaymentFindingAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "detail", "customer", "invoice", "status", "resolution", "created_at"]
+    list_filter = ["status", "resolution", "currency"]
+    list_select_related = ["customer", "invoice"]
+    raw_id_fields = ["charge", "customer", "invoice", "resolved_by"]
+    search_fields = ["=charge__charge_id", "=invoice__number", "customer__external_id"]
+    show_full_result_count = False
+    readonly_fields = [
+        "detail",
+        "charge",
+        "customer",
+        "invoice",
+        "collected_shown",
+        "refunded_shown",
+        "disputed_shown",
+        "returned_shown",
+        "status",
+        "resolution",
+        "resolved_by",
+        "resolved_at",
+        "resolution_reason",
+        "created_at",
+        "updated_at",
+    ]
+    fields = readonly_fields
+    actions = [close_payment_findings]
+    object_actions = ["close_payment_findings"]
+
+    def _money(self, obj: PaymentFinding, amount: int) -> str:
+        return f"{money(amount, obj.currency)} {obj.currency}"
+
+    @admin.display(description="charge collected")
+    def collected_shown(self, obj: PaymentFinding) -> str:
+        return self._money(obj, obj.collected)
+
+    @admin.display(description="refunded")
+    def refunded_shown(self, obj: PaymentFinding) -> str:
+        return self._money(obj, obj.refunded)
+
+    @admin.display(description="lost in disputes")
+    def disputed_shown(self, obj: PaymentFinding) -> str:
+        return self._money(obj, obj.disputed)
+
+    @admin.display(description="returned to the card")
+    def returned_shown(self, obj: PaymentFinding) -> str:
+        return self._money(obj, obj.returned)

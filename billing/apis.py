@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing import selectors, services
-from billing.models import CreditEntry, Invoice, InvoiceLine, Plan, Price, Subscription
+from billing.models import GRANTABLE, CreditEntry, Invoice, InvoiceLine, Plan, Price, Subscription
 from neruba import selectors as kernel_selectors
 from neruba.api import PAGE, ErrorSerializer, ScopedApi, StrictInput, page_of, query_limit
 from neruba.errors import ValidationFailed
@@ -39,7 +39,7 @@ class SubscriptionOutput(serializers.ModelSerializer):
 
     class Meta:
         model = Subscription
-        fields = ["id", "customer", "plan", "started_at", "ended_at"]
+        fields = ["id", "external_id", "customer", "plan", "started_at", "ended_at"]
 
 
 class PlanListApi(ScopedApi):
@@ -60,6 +60,13 @@ class SubscriptionListApi(ScopedApi):
         plan = serializers.CharField(max_length=100)
         started_at = serializers.DateTimeField()
         ended_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+        external_id = serializers.CharField(
+            max_length=255,
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="Your own id for the subscription, unique (Lago's external_subscription_id).",
+        )
 
         def validate(self, attrs: dict) -> dict:
             if attrs.get("ended_at") and attrs["ended_at"] <= attrs["started_at"]:
@@ -94,6 +101,7 @@ class SubscriptionListApi(ScopedApi):
             plan=selectors.plan_get(code=values["plan"]),
             started_at=values["started_at"],
             ended_at=values["ended_at"],
+            external_id=values["external_id"],
             actor=request.auth,
         )
         return Response(SubscriptionOutput(subscription).data, status=status.HTTP_201_CREATED)
@@ -133,6 +141,10 @@ class InvoiceOutput(serializers.ModelSerializer):
             "subtotal",
             "credits_applied",
             "total",
+            "amount_paid",
+            "amount_refunded",
+            "amount_disputed",
+            "amount_collected",
             "lines",
         ]
 
@@ -176,7 +188,7 @@ class InvoiceDetailApi(ScopedApi):
 
 
 class CreditEntryOutput(serializers.ModelSerializer):
-    invoice = serializers.SlugRelatedField(slug_field="number", read_only=True)
+    invoice = serializers.SlugRelatedField(slug_field="number", read_only=True, allow_null=True)
 
     class Meta:
         model = CreditEntry
@@ -203,8 +215,18 @@ class CreditsOutput(serializers.Serializer):
 
 
 class CustomerCreditsApi(ScopedApi):
-    required_scopes = {"GET": "read"}
+    required_scopes = {"GET": "read", "POST": "write"}
     allowed_query = {"GET": frozenset({"limit"})}
+
+    class Input(StrictInput):
+        amount = serializers.IntegerField(min_value=1, help_text="Minor units.")
+        currency = serializers.RegexField(
+            r"^[A-Za-z]{3}$",
+            required=False,
+            help_text="Must be the customer's currency (the default).",
+        )
+        reason_code = serializers.ChoiceField(choices=[str(c) for c in GRANTABLE])
+        reason = serializers.CharField(max_length=2000)
 
     @extend_schema(
         operation_id="customers_credits",
@@ -221,6 +243,30 @@ class CustomerCreditsApi(ScopedApi):
             "entries": selectors.credit_entries(customer=customer)[:limit],
         }
         return Response(CreditsOutput(body).data)
+
+    @extend_schema(
+        operation_id="customers_credits_grant",
+        request=Input,
+        responses={201: CreditEntryOutput, 400: ErrorSerializer, 404: ErrorSerializer},
+        description="Grants spendable credit (goodwill, correction, or refund as credit when "
+        "finance chose credit instead of a cash refund) in the customer's currency; any other "
+        "currency is refused with `credit_currency_mismatch`. Stripe refunds and lost disputes "
+        "are never credit: they are cash, shown on the invoice.",
+    )
+    def post(self, request: Request, external_id: str) -> Response:
+        customer = kernel_selectors.customer_get(external_id=external_id)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        entry = services.credit_issue(
+            customer=customer,
+            amount=values["amount"],
+            currency=values.get("currency"),
+            reason_code=values["reason_code"],
+            actor=request.auth,
+            reason=values["reason"],
+        )
+        return Response(CreditEntryOutput(entry).data, status=status.HTTP_201_CREATED)
 
 
 class UsageOutput(serializers.Serializer):

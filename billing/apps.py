@@ -14,3 +14,10 @@ class BillingConfig(AppConfig):
         from ingest.backfills import backfill_closed
 
         backfill_closed.connect(drift_on_backfill_closed, dispatch_uid="billing.drift.backfill")
+
+        # Ingest cannot import billing (the dependency runs the other way), yet a Lago event
+        # names a subscription: billing hands ingest the lookup.
+        from billing.selectors import subscription_customer_refs
+        from ingest.services import customer_ref_resolver_register
+
+        customer_ref_resolver_register(resolver=subscription_customer_refs)

@@ -360,6 +360,11 @@ class Resolution:
         rows = [head]
         if self.rerun is not None:
             rows.append(self.rerun.render())
+            if self.rerun.action == "none":
+                rows.append(
+                    "  no amount differs: nothing is voided, issued or credited; the finding "
+                    "closes as no change"
+                )
             if self.rerun.created:
                 rows.append(f"  created: {', '.join(self.rerun.created)}")
         if self.resolved:
@@ -459,7 +464,8 @@ def finding_resolve(
                 "invoice": DriftFinding.Resolution.RERUN,
                 "credit": DriftFinding.Resolution.CREDIT,
                 "supplementary": DriftFinding.Resolution.SUPPLEMENTARY,
-            }.get(result.action, DriftFinding.Resolution.RERUN)
+                "none": DriftFinding.Resolution.NO_CHANGE,
+            }[result.action]
             status = DriftFinding.Status.RESOLVED
             targets = list(
                 DriftFinding.objects.select_for_update().filter(

@@ -18,6 +18,11 @@ class SubscriptionOverlap(Conflict):
     message = "The customer already has a subscription to this plan over that period."
 
 
+class SubscriptionExternalIdTaken(Conflict):
+    code = "subscription_external_id_taken"
+    message = "Another subscription already has that external_id."
+
+
 class CurrencyMismatch(NerubaError):
     code = "currency_mismatch"
     message = "The plan's currency differs from the customer's currency."
@@ -52,3 +57,13 @@ class FindingNotOpen(Conflict):
 class ResolutionInvalid(Conflict):
     code = "resolution_invalid"
     message = "That resolution does not apply to this finding."
+
+
+class CreditCurrencyMismatch(NerubaError):
+    code = "credit_currency_mismatch"
+    message = "A credit must be in the customer's currency."
+
+
+class PaymentFindingNotOpen(Conflict):
+    code = "payment_finding_not_open"
+    message = "The payment finding is already closed."

@@ -7,7 +7,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
-from billing.models import CreditEntry, Invoice, ReasonCode
+from billing.exceptions import CreditCurrencyMismatch
+from billing.models import GRANTABLE, CreditEntry, Invoice
 from neruba import audit
 from neruba.errors import ValidationFailed
 from neruba.models import Customer
@@ -32,19 +33,32 @@ def credit_grant(
     source_key: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[CreditEntry, bool]:
-    """Grants a credit (positive ``amount``, minor units). Idempotent on ``source_key``: a second
-    grant for the same fact (a refund id, a dispute id) returns the first entry and ``False``.
-    The audit entry commits with the ledger entry."""
+    """Grants spendable credit (positive ``amount``, minor units) in the customer's currency.
+    Idempotent on ``source_key``: a second grant for the same fact (a rerun's correction)
+    returns the first entry and ``False``. The audit entry commits with the ledger entry.
+
+    Only operator grants (goodwill, correction, refund as credit) and rerun corrections are
+    credit. A Stripe refund or lost dispute is cash back on the card, recorded on its invoice
+    by ``billing.payments``: the ``refund`` and ``dispute`` codes are refused here. A credit in
+    another currency could never be consumed by the customer's invoices: refused too."""
     if amount <= 0:
         raise ValidationFailed("A credit must be a positive amount.", details={"amount": amount})
-    if reason_code not in ReasonCode.values:
+    if reason_code not in GRANTABLE:
         raise ValidationFailed(
-            "Unknown reason code.",
-            details={"reason_code": reason_code, "allowed": list(ReasonCode.values)},
+            "Unknown reason code: a credit is goodwill, a correction, or a refund as credit "
+            "(finance chose credit instead of a cash refund). Stripe refunds and lost disputes "
+            "are cash, recorded on the invoice.",
+            details={"reason_code": reason_code, "allowed": [str(c) for c in GRANTABLE]},
         )
     if not reason.strip():
         raise ValidationFailed("A reason is required.", details={"reason": "required"})
     currency = (currency or customer.currency).upper()
+    if currency != customer.currency.upper():
+        raise CreditCurrencyMismatch(
+            f"A credit for {customer.external_id} must be in {customer.currency.upper()}, the "
+            f"customer's currency, not {currency}.",
+            details={"currency": currency, "customer_currency": customer.currency.upper()},
+        )
     if source_key:
         existing = CreditEntry.objects.filter(source_key=source_key).first()
         if existing is not None:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from billing.exceptions import (
     CurrencyMismatch,
     InvoiceStateInvalid,
+    SubscriptionExternalIdTaken,
     SubscriptionOverlap,
 )
 from billing.ledger import credit_grant
@@ -35,6 +36,7 @@ from billing.models import (
     ReasonCode,
     Subscription,
 )
+from billing.payments import invoice_cash_refresh
 from billing.periods import period_next, periods_between
 from billing.pricing import (
     amount_round,
@@ -141,22 +143,42 @@ def subscription_create(
     plan: Plan,
     started_at: datetime,
     ended_at: datetime | None = None,
+    external_id: str | None = None,
     actor: audit.Actor | ApiKey = None,
 ) -> Subscription:
-    with transaction.atomic():
-        # Lock the customer row so two concurrent creations cannot both pass the overlap check.
-        Customer.objects.select_for_update().filter(pk=customer.pk).first()
-        subscription_check(customer=customer, plan=plan, started_at=started_at, ended_at=ended_at)
-        subscription = Subscription.objects.create(
-            customer=customer, plan=plan, started_at=started_at, ended_at=ended_at
-        )
-        audit.record(
-            actor=actor,
-            action="subscription.create",
-            target=subscription,
-            customer=customer,
-            after={"plan": plan.code, "started_at": started_at, "ended_at": ended_at},
-        )
+    """``external_id`` (optional, unique) is the client's own id for the subscription: usage
+    sent through the Lago-compatible surface names it as ``external_subscription_id``."""
+    external_id = external_id or None  # "" is no id, not a second unique value
+    try:
+        with transaction.atomic():
+            # Lock the customer row so two concurrent creations cannot both pass the overlap
+            # check.
+            Customer.objects.select_for_update().filter(pk=customer.pk).first()
+            subscription_check(
+                customer=customer, plan=plan, started_at=started_at, ended_at=ended_at
+            )
+            subscription = Subscription.objects.create(
+                customer=customer,
+                plan=plan,
+                started_at=started_at,
+                ended_at=ended_at,
+                external_id=external_id,
+            )
+            audit.record(
+                actor=actor,
+                action="subscription.create",
+                target=subscription,
+                customer=customer,
+                after={
+                    "plan": plan.code,
+                    "started_at": started_at,
+                    "ended_at": ended_at,
+                    "external_id": external_id,
+                },
+            )
+    except IntegrityError:
+        # Only the unique external id can collide here (the overlap check ran under the lock).
+        raise SubscriptionExternalIdTaken(details={"external_id": external_id}) from None
     return subscription
 
 
@@ -857,7 +879,8 @@ UNPAID = (Invoice.Status.FINALIZED, Invoice.Status.PAYMENT_FAILED)
 class RerunResult:
     """What a rerun found (and, when applied, did). ``action``: ``supersede`` (void the unpaid
     invoice and issue a new one), ``credit`` (paid, over-billed), ``supplementary`` (paid,
-    under-billed), ``invoice`` (never billed), ``none`` (nothing changed)."""
+    under-billed), ``invoice`` (never billed), ``none`` (no amount differs: nothing is voided,
+    issued or credited)."""
 
     window: BillingWindow
     invoice: Invoice | None
@@ -912,6 +935,10 @@ def _line_dicts(invoice: Invoice) -> list[dict[str, Any]]:
         }
         for line in invoice.lines.select_related("metric")
     ]
+
+
+def _amounts(lines: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return sorted((line["metric"] or line["description"], line["amount"]) for line in lines)
 
 
 def _billed_so_far(*, invoice: Invoice) -> int:
@@ -976,7 +1003,10 @@ def invoice_rerun(
         old_lines = _line_dicts(invoice)
         if invoice.status in UNPAID:
             old = invoice.subtotal
-            changed = old_lines != new_lines
+            # Only money is a difference worth a void: a quantity that moved without moving
+            # any amount (inside a free tier, below a cent) re-issues the same invoice for
+            # nothing, and the customer gets an "invoice corrected" for an identical total.
+            changed = _amounts(old_lines) != _amounts(new_lines)
             action = "supersede" if changed else "none"
         elif invoice.status == Invoice.Status.PAID:
             old = _billed_so_far(invoice=invoice)
@@ -1113,7 +1143,9 @@ def invoice_mark_paid(*, invoice: Invoice, actor: audit.Actor, reason: str) -> I
         row.status = Invoice.Status.PAID
         row.paid_at = now
         row.status_changed_at = now
-        row.save(update_fields=["status", "paid_at", "status_changed_at"])
+        row.amount_paid = row.total
+        row.save(update_fields=["status", "paid_at", "status_changed_at", "amount_paid"])
+        invoice_cash_refresh(invoice=row)
         audit.record(
             actor=actor,
             action="invoice.mark_paid",
@@ -1121,7 +1153,7 @@ def invoice_mark_paid(*, invoice: Invoice, actor: audit.Actor, reason: str) -> I
             customer=row.customer,
             reason=reason,
             before={"status": before},
-            after={"status": row.status, "paid_at": now},
+            after={"status": row.status, "paid_at": now, "amount_paid": row.amount_paid},
         )
     return row
 

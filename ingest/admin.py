@@ -349,12 +349,14 @@ class IngestRejectionAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdm
         "customer_ref",
         "metric_ref",
         "api_key_prefix",
+        "surface",
         "replay_attempts",
     ]
     list_filter = [
         "outcome",
         "error_code",
         "status",
+        "surface",
         "api_key_prefix",
         "customer_ref",
         "metric_ref",

@@ -7,8 +7,10 @@ Steps: (1) make benchmark customers, metrics and an ingest API key; (2) build th
 (3) raw insert into a scratch copy of the table (same indexes and foreign keys); (4) start
 gunicorn on a free loopback port; (5) batches of ``--batch-size`` from ``--clients`` keep-alive
 client processes; (6) the same batches again (100 % duplicates); (7) single events with
-``wrk`` (or a Python client when wrk is not installed); (8) stop the server and delete
-everything the run created.
+``wrk`` (or a Python client when wrk is not installed); (8) the same number of new events as
+OpenMeter CloudEvents batches through ``/compat/openmeter`` and (9) as Lago batches through
+``/compat/lago``; (10) native batches again, so each surface is compared with the faster of two
+native runs; (11) stop the server and delete everything the run created.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ SCRATCH = "ingest_bench_scratch"
 TARGET_BATCH_RATIO = 0.6
 TARGET_SINGLE_RPS = 1000
 TARGET_SINGLE_P99_MS = 25.0
+# A compatible surface is a different envelope over the same ingest: it may cost little more.
+TARGET_COMPAT_RATIO = 0.9
 
 
 def add_arguments(parser: CommandParser) -> None:
@@ -113,10 +117,15 @@ def _raw_phase(batches: list[list[tuple[Any, ...]]], clients: int) -> tuple[floa
 # --- (b)/(d) batches over HTTP -----------------------------------------------------------------
 
 
-def _http_client(share: tuple[int, str, list[bytes]], go: Any, queue: Any) -> None:
-    port, auth, bodies = share
+NATIVE = ("/api/v1/events", "application/json")
+OPENMETER = ("/compat/openmeter/api/v1/events", "application/cloudevents-batch+json")
+LAGO = ("/compat/lago/api/v1/events/batch", "application/json")
+
+
+def _http_client(share: tuple[int, str, list[bytes], tuple[str, str]], go: Any, queue: Any) -> None:
+    port, auth, bodies, (path, content_type) = share
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    headers = {"Authorization": auth, "Content-Type": "application/json"}
+    headers = {"Authorization": auth, "Content-Type": content_type}
     latencies: list[float] = []
     outcomes: dict[str, int] = {}
     statuses: dict[int, int] = {}
@@ -124,12 +133,12 @@ def _http_client(share: tuple[int, str, list[bytes]], go: Any, queue: Any) -> No
     go.wait()
     for body in bodies:
         t0 = time.perf_counter()
-        conn.request("POST", "/api/v1/events", body=body, headers=headers)
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
         latencies.append(time.perf_counter() - t0)
         statuses[response.status] = statuses.get(response.status, 0) + 1
-        if response.status == 200:
+        if response.status == 200 and path == NATIVE[0]:
             for outcome, n in json.loads(data)["counts"].items():
                 outcomes[outcome] = outcomes.get(outcome, 0) + n
     conn.close()
@@ -137,9 +146,9 @@ def _http_client(share: tuple[int, str, list[bytes]], go: Any, queue: Any) -> No
 
 
 def _http_phase(
-    port: int, auth: str, bodies: list[bytes], clients: int
+    port: int, auth: str, bodies: list[bytes], clients: int, surface: tuple[str, str] = NATIVE
 ) -> tuple[float, list[float], dict[str, int], dict[int, int]]:
-    shares = [(port, auth, part) for part in split(bodies, clients)]
+    shares = [(port, auth, part, surface) for part in split(bodies, clients)]
     elapsed, results = run_clients(_http_client, shares)
     outcomes: dict[str, int] = {}
     statuses: dict[int, int] = {}
@@ -437,6 +446,74 @@ def run(command: BaseCommand, **options: Any) -> bool:
                 options["single_connections"],
                 single_bodies,
             )
+        # 8-9. The compatible surfaces: the same events under new keys, in each surface's
+        # batch envelope, with the Bearer header their clients send.
+        bearer = f"Bearer {raw_key}"
+        om_bodies = [
+            json.dumps(
+                [
+                    {
+                        "specversion": "1.0",
+                        "id": f"{prefix}-om-{i + j}",
+                        "source": "benchmark",
+                        "type": e["metric"],
+                        "subject": e["customer"],
+                        "time": e["timestamp"],
+                        "data": e["properties"],
+                    }
+                    for j, e in enumerate(events[i : i + size])
+                ]
+            ).encode()
+            for i in range(0, n_events, size)
+        ]
+        server_settle(events_table)
+        out.write(f"(e) OpenMeter CloudEvents batches of {size} through /compat/openmeter …")
+        om_s, om_lat, _om_out, om_st = _http_phase(port, bearer, om_bodies, clients, OPENMETER)
+        om_rate = n_events / om_s
+        om_stored = UsageEvent.objects.filter(idempotency_key__startswith=f"{prefix}-om-").count()
+        lago_bodies = [
+            json.dumps(
+                {
+                    "events": [
+                        {
+                            "transaction_id": f"{prefix}-lg-{i + j}",
+                            "external_subscription_id": e["customer"],
+                            "code": e["metric"],
+                            "timestamp": int(datetime.fromisoformat(e["timestamp"]).timestamp()),
+                            "precise_total_amount_cents": None,
+                            "properties": e["properties"],
+                        }
+                        for j, e in enumerate(events[i : i + size])
+                    ]
+                }
+            ).encode()
+            for i in range(0, n_events, size)
+        ]
+        server_settle(events_table)
+        out.write(f"(f) Lago batches of {size} through /compat/lago …")
+        lago_s, lago_lat, _lago_out, lago_st = _http_phase(port, bearer, lago_bodies, clients, LAGO)
+        lago_rate = n_events / lago_s
+        lago_stored = UsageEvent.objects.filter(idempotency_key__startswith=f"{prefix}-lg-").count()
+
+        # 10. Native batches once more, new keys, right after the compatible surfaces: on a shared
+        # machine the load drifts between phases, so each surface is held against the faster of
+        # the two native runs (the stricter comparison).
+        again_bodies = [
+            json.dumps(
+                {
+                    "events": [
+                        dict(e, idempotency_key=f"{prefix}-nb-{i + j}")
+                        for j, e in enumerate(events[i : i + size])
+                    ]
+                }
+            ).encode()
+            for i in range(0, n_events, size)
+        ]
+        server_settle(events_table)
+        out.write(f"(g) native batches of {size} again, new keys …")
+        again_s, again_lat, again_out, again_st = _http_phase(port, auth, again_bodies, clients)
+        again_rate = n_events / again_s
+        again_ok = again_st == {200: len(again_bodies)} and again_out.get("accepted") == n_events
     finally:
         if server is not None:
             gunicorn_stop(server)
@@ -451,7 +528,13 @@ def run(command: BaseCommand, **options: Any) -> bool:
         and not single.get("errors")
     )
     dup_ok = dup_rate >= batch_rate and dup_out.get("duplicate", 0) == n_events
-    ok = batch_ok and single_ok and dup_ok
+    native_rate = max(batch_rate, again_rate)
+    om_ratio, lago_ratio = om_rate / native_rate, lago_rate / native_rate
+    om_ok = om_ratio >= TARGET_COMPAT_RATIO and om_st == {204: len(om_bodies)}
+    om_ok = om_ok and om_stored == n_events
+    lago_ok = lago_ratio >= TARGET_COMPAT_RATIO and lago_st == {200: len(lago_bodies)}
+    lago_ok = lago_ok and lago_stored == n_events
+    ok = batch_ok and single_ok and dup_ok and om_ok and lago_ok and again_ok
 
     def ms(values: list[float], q: float) -> str:
         return f"{percentile(values, q) * 1000:7.1f}"
@@ -471,6 +554,12 @@ def run(command: BaseCommand, **options: Any) -> bool:
         f"{single.get('errors', 0)} errors)",
         f"{'(d) 100 % duplicates over HTTP':<34}{dup_rate:>10.0f}{ms(dup_lat, 0.5):>9}"
         f"{ms(dup_lat, 0.99):>9}   (per request) {dup_out}",
+        f"{'(e) OpenMeter batches (/compat)':<34}{om_rate:>10.0f}{ms(om_lat, 0.5):>9}"
+        f"{ms(om_lat, 0.99):>9}   (per request) {om_stored} stored, statuses {om_st}",
+        f"{'(f) Lago batches (/compat)':<34}{lago_rate:>10.0f}{ms(lago_lat, 0.5):>9}"
+        f"{ms(lago_lat, 0.99):>9}   (per request) {lago_stored} stored, statuses {lago_st}",
+        f"{'(g) native batches again':<34}{again_rate:>10.0f}{ms(again_lat, 0.5):>9}"
+        f"{ms(again_lat, 0.99):>9}   (per request) {again_out}",
         "",
         f"batch / raw = {ratio:.2f}  (target >= {TARGET_BATCH_RATIO})  "
         f"{'MET' if batch_ok else 'MISSED'}",
@@ -479,6 +568,12 @@ def run(command: BaseCommand, **options: Any) -> bool:
         f"{'MET' if single_ok else 'MISSED'}",
         f"duplicates / accepted = {dup_rate / batch_rate:.2f}  (target >= 1.0)  "
         f"{'MET' if dup_ok else 'MISSED'}",
+        f"openmeter / native batch (best of b, g) = {om_ratio:.2f}  "
+        f"(target >= {TARGET_COMPAT_RATIO})  "
+        f"{'MET' if om_ok else 'MISSED'}",
+        f"lago / native batch (best of b, g) = {lago_ratio:.2f}  "
+        f"(target >= {TARGET_COMPAT_RATIO})  "
+        f"{'MET' if lago_ok else 'MISSED'}",
         f"cleaned up {stored} stored events, the scratch table, customers, metrics and the key",
     ]
     out.write("\n".join(lines))

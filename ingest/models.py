@@ -197,6 +197,8 @@ class IngestRejection(models.Model):
     api_key_prefix = models.CharField(max_length=16, blank=True, db_index=True)
     error_code = models.CharField(max_length=50, db_index=True)
     error_message = models.TextField()
+    # How the raw payload is written (api, openmeter, lago): a replay parses it the same way.
+    surface = models.CharField(max_length=20, default="api")
     raw_payload = models.JSONField()
     original_event = models.ForeignKey(
         UsageEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="conflicts"

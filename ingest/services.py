@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,9 +29,15 @@ from ingest.models import (
     UsageEvent,
 )
 from ingest.validation import (
+    SURFACE_API,
+    SURFACE_LAGO,
+    SURFACE_OPENMETER,
+    SURFACES,
     Item,
     extract_value,
     is_cloudevent,
+    is_storable_text,
+    lago_customer_ref,
     parse_item,
     storable_json,
     storable_text,
@@ -161,6 +167,8 @@ class IngestResult:
     batch_id: int
     counts: dict[str, int]
     results: list[dict[str, Any]]
+    # The instant an item without a timestamp was given (compatible surfaces only).
+    received_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "counts": self.counts, "results": self.results}
@@ -436,17 +444,48 @@ def _differing_fields(item: Item, original: tuple[Any, ...]) -> list[str]:
     return differing
 
 
+# --- customer references owned by other apps ---------------------------------------------------
+# A Lago event names a subscription (its external id), which billing owns; ingest may not import
+# billing, so billing registers a resolver at start-up (BillingConfig.ready): external ids in,
+# {external id: the customer's external id} out for those that name a subscription.
+CustomerRefResolver = Callable[[set[str]], dict[str, str]]
+_customer_ref_resolvers: list[CustomerRefResolver] = []
+
+
+def customer_ref_resolver_register(*, resolver: CustomerRefResolver) -> None:
+    if resolver not in _customer_ref_resolvers:
+        _customer_ref_resolvers.append(resolver)
+
+
+def _customer_aliases(payloads: Sequence[Any]) -> dict[str, str]:
+    """One lookup per registered resolver for a Lago request's subscription references; a
+    reference no resolver knows stays as it is and is looked up as a customer's external id."""
+    # Only references an item could pass with: PostgreSQL refuses NUL in a text comparison
+    # (those items fail as invalid_field later, each on its own).
+    refs = {
+        ref
+        for raw in payloads
+        if isinstance(ref := lago_customer_ref(raw), str) and ref and is_storable_text(ref)
+    }
+    aliases: dict[str, str] = {}
+    for resolver in _customer_ref_resolvers:
+        if refs:
+            aliases.update(resolver(refs - aliases.keys()))
+    return aliases
+
+
 def events_ingest(
     *,
     payloads: Sequence[Any],
     api_key: ApiKey | None,
     cloudevents: bool = False,
-    source: str = "api",
+    source: str | None = None,
     body_bytes: int = 0,
     request_id: str = "",
     replay_of: IngestRejection | None = None,
     window_now: datetime | None = None,
     backfill: Backfill | None = None,
+    surface: str = SURFACE_API,
 ) -> IngestResult:
     """Ingests one request's items; every item gets an outcome, none fails the batch.
 
@@ -466,14 +505,29 @@ def events_ingest(
     ``backfill`` (an open backfill, checked and locked by ``ingest.backfills.backfill_ingest``,
     which calls this inside its transaction) replaces the timestamp window with the backfill's
     ``[starts_at, ends_at)``, outside of which an item fails with ``outside_backfill_window``;
-    the batch is linked to the backfill, whose counts add up from its batches."""
+    the batch is linked to the backfill, whose counts add up from its batches.
+
+    ``surface`` is how the items are written (``api``: ours or CloudEvents; ``openmeter``;
+    ``lago``): it changes only the parsing of each item. ``source`` (the batch's and the
+    events', default the surface) says where the request came through; rejections keep the
+    surface so a replay parses their raw payload the same way."""
+    if surface not in SURFACES:
+        raise ValueError(f"unknown ingest surface {surface!r}")
+    source = source or surface
     started = time.perf_counter()
     if backfill is not None:
         source = "backfill"
     now = timezone.now()
     stored_outcome = Outcome.REPLAY if replay_of is not None else Outcome.ACCEPTED
     prefix = api_key.prefix if api_key is not None else ""
-    items = [parse_item(i, raw, cloudevent=cloudevents) for i, raw in enumerate(payloads)]
+    received = window_now or now
+    aliases = _customer_aliases(payloads) if surface == SURFACE_LAGO else None
+    items = [
+        parse_item(
+            i, raw, cloudevent=cloudevents, surface=surface, received=received, aliases=aliases
+        )
+        for i, raw in enumerate(payloads)
+    ]
     candidates = _prepare(
         items,
         now=now,
@@ -529,22 +583,33 @@ def events_ingest(
                 else _result(item, Outcome.DUPLICATE, counted[item.key])  # type: ignore[index]
                 for item in items
             ]
-            _observe(len(items), counts, results, time.perf_counter() - started)
-            return IngestResult(batch_id=batch_id, counts=counts, results=results)
+            _observe(len(items), counts, results, time.perf_counter() - started, source)
+            return IngestResult(
+                batch_id=batch_id, counts=counts, results=results, received_at=received
+            )
     with transaction.atomic():
         if not fast:
             batch_id, inserted, counted = _insert_batch_and_events(batch_values, rows)
         if backfill is not None:
             IngestBatch.objects.filter(pk=batch_id).update(backfill=backfill)
         counts, results = _settle(
-            items, candidates, inserted, counted, batch_id, now, prefix, stored_outcome, replay_of
+            items,
+            candidates,
+            inserted,
+            counted,
+            batch_id,
+            now,
+            prefix,
+            stored_outcome,
+            replay_of,
+            surface=surface,
         )
         # After the fast path the batch row's counts were shifted for the duplicates.
         if fast or counts != predicted:
             _batch_counts(batch_id, counts, started)
 
-    _observe(len(items), counts, results, time.perf_counter() - started)
-    return IngestResult(batch_id=batch_id, counts=counts, results=results)
+    _observe(len(items), counts, results, time.perf_counter() - started, source)
+    return IngestResult(batch_id=batch_id, counts=counts, results=results, received_at=received)
 
 
 def _batch_counts(batch_id: int, counts: dict[str, int], started: float) -> None:
@@ -562,6 +627,8 @@ def _settle(
     prefix: str,
     stored_outcome: str,
     replay_of: IngestRejection | None,
+    *,
+    surface: str = SURFACE_API,
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """Outcome of every item once the INSERT ran, with the writes that follow from it: the
     duplicate counters (but for the ``counted`` keys, bumped by the INSERT itself), the
@@ -610,7 +677,7 @@ def _settle(
             item.fail("retry", "The key was being written concurrently; retry the item.")
         counts[Outcome.FAILED] += 1
         results.append(_result(item, Outcome.FAILED, None, item.error))
-        rejections.append(_rejection(item, batch, prefix, Outcome.FAILED))
+        rejections.append(_rejection(item, batch, prefix, Outcome.FAILED, surface=surface))
 
     if duplicates:
         _count_duplicates(duplicates, now)
@@ -632,7 +699,7 @@ def _settle(
             item.error = error
             counts[Outcome.CONFLICT] += 1
             results[position] = _result(item, Outcome.CONFLICT, original_id, error)
-            rejection = _rejection(item, batch, prefix, Outcome.CONFLICT)
+            rejection = _rejection(item, batch, prefix, Outcome.CONFLICT, surface=surface)
             rejection.original_event_id = original_id
             rejection.differing_fields = differing
             rejections.append(rejection)
@@ -787,12 +854,16 @@ def _prepare(
     return candidates
 
 
-def _rejection(item: Item, batch: IngestBatch, prefix: str, outcome: str) -> IngestRejection:
+def _rejection(
+    item: Item, batch: IngestBatch, prefix: str, outcome: str, *, surface: str = SURFACE_API
+) -> IngestRejection:
     code, message, _details = item.error or ("failed", "", {})
     raw = item.raw
     customer = metric = ""
-    if isinstance(raw, dict):
-        ce = is_cloudevent(raw)
+    if isinstance(raw, dict) and surface == SURFACE_LAGO:
+        customer, metric = lago_customer_ref(raw), raw.get("code")
+    elif isinstance(raw, dict):
+        ce = surface == SURFACE_OPENMETER or is_cloudevent(raw)
         customer, metric = (
             raw.get("subject" if ce else "customer"),
             raw.get("type" if ce else "metric"),
@@ -807,23 +878,30 @@ def _rejection(item: Item, batch: IngestBatch, prefix: str, outcome: str) -> Ing
         api_key_prefix=prefix,
         error_code=code,
         error_message=message,
+        surface=surface,
         # A JSON null item is kept as JSON null, not as a missing payload.
         raw_payload=storable_json(raw) if raw is not None else Value(None, JSONField()),
     )
 
 
 def _observe(
-    size: int, counts: dict[str, int], results: list[dict[str, Any]], seconds: float
+    size: int,
+    counts: dict[str, int],
+    results: list[dict[str, Any]],
+    seconds: float,
+    surface: str = SURFACE_API,
 ) -> None:
-    INGEST_BATCH_SIZE.observe(size)
-    INGEST_LATENCY.observe(seconds)
+    """Counts one request in the ingest metrics, labelled by the batch's source (the surface it
+    came through: api, openmeter, lago; or replay)."""
+    INGEST_BATCH_SIZE.labels(surface).observe(size)
+    INGEST_LATENCY.labels(surface).observe(seconds)
     for outcome, n in counts.items():
         if n:
-            INGEST_ITEMS.labels(outcome).inc(n)
+            INGEST_ITEMS.labels(outcome, surface).inc(n)
     if counts[Outcome.FAILED] or counts[Outcome.CONFLICT]:
         codes = Counter(r["error"]["code"] for r in results if "error" in r)
         for code, n in codes.items():
-            INGEST_REJECTIONS.labels(code).inc(n)
+            INGEST_REJECTIONS.labels(code, surface).inc(n)
 
 
 # --- replay ----------------------------------------------------------------------------------
@@ -853,7 +931,15 @@ class ReplayResult:
 def _replay_preview(rejection: IngestRejection) -> ReplayResult:
     """What a replay would do now, without writing anything."""
     raw = rejection.raw_payload
-    item = parse_item(0, raw, cloudevent=is_cloudevent(raw))
+    surface = rejection.surface
+    item = parse_item(
+        0,
+        raw,
+        cloudevent=is_cloudevent(raw),
+        surface=surface,
+        received=rejection.created_at,
+        aliases=_customer_aliases([raw]) if surface == SURFACE_LAGO else None,
+    )
     now = timezone.now()
     _prepare([item], now=now, window_now=rejection.created_at, source="replay", replay_of=None)
     if item.key is not None and item.payload_hash:
@@ -920,6 +1006,7 @@ def rejection_replay(
             api_key=None,
             cloudevents=is_cloudevent(raw),
             source="replay",
+            surface=locked.surface,
             replay_of=locked,
             window_now=locked.created_at,
         )

@@ -63,10 +63,14 @@ class Item:
         return self
 
 
-def canonical_hash(customer: str, metric: str, timestamp: datetime, props_json: str) -> str:
+def canonical_hash(customer: str, metric: str, timestamp: datetime | None, props_json: str) -> str:
     """The payload's identity: customer, metric, the timestamp normalised to UTC and the
-    properties with sorted keys. Key order, offsets and whitespace do not change it."""
-    head = _head([customer, metric, timestamp.astimezone(UTC).isoformat()])
+    properties with sorted keys. Key order, offsets and whitespace do not change it.
+    ``timestamp`` is None when the client sent none (the compatible surfaces, where it is
+    optional, store the receipt time): a resend of that same payload is then a duplicate,
+    although it arrives at another instant."""
+    stamp = None if timestamp is None else timestamp.astimezone(UTC).isoformat()
+    head = _head([customer, metric, stamp])
     return _sha256((head + props_json).encode()).hexdigest()
 
 
@@ -89,6 +93,57 @@ def is_cloudevent(raw: Any) -> bool:
     return isinstance(raw, dict) and "specversion" in raw
 
 
+# --- the compatible surfaces ------------------------------------------------------------------
+# Each surface is a way of writing the same event; the item it parses to is the same, and so is
+# everything after parsing (lookups, outcomes, limits, rejections, replay).
+SURFACE_API = "api"
+SURFACE_OPENMETER = "openmeter"
+SURFACE_LAGO = "lago"
+SURFACES = (SURFACE_API, SURFACE_OPENMETER, SURFACE_LAGO)
+
+
+def lago_customer_ref(raw: Any) -> Any:
+    """The reference a Lago event gives for its customer: ``external_subscription_id`` (a
+    subscription's external id, or failing that a customer's), else ``external_customer_id``
+    (older Lago clients)."""
+    if not isinstance(raw, dict):
+        return None
+    ref = raw.get("external_subscription_id")
+    return raw.get("external_customer_id") if ref is None or ref == "" else ref
+
+
+def from_lago(raw: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
+    """Lago's event fields to ours: transaction_id, external_subscription_id (resolved to the
+    subscription's customer through ``aliases``), code, timestamp, properties."""
+    ref = lago_customer_ref(raw)
+    return {
+        "idempotency_key": raw.get("transaction_id"),
+        "customer": aliases.get(ref, ref) if isinstance(ref, str) else ref,
+        "metric": raw.get("code"),
+        "timestamp": raw.get("timestamp"),
+        "properties": raw.get("properties"),
+    }
+
+
+def _unix_seconds(value: Any) -> datetime | None:
+    """Lago's timestamp: Unix seconds as a number or a numeric string (fractions allowed)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = Decimal(value)
+        except InvalidOperation:
+            return None
+    if isinstance(value, int | float | Decimal):
+        try:
+            if not math.isfinite(value):
+                return None
+            return datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
 _REQUIRED_CE = (("id", "id"), ("subject", "subject"), ("type", "type"), ("time", "time"))
 _REQUIRED = (
     ("idempotency_key", "idempotency_key"),
@@ -96,15 +151,37 @@ _REQUIRED = (
     ("metric", "metric"),
     ("timestamp", "timestamp"),
 )
+_REQUIRED_LAGO = (
+    ("transaction_id", "transaction_id"),
+    ("external_subscription_id", "external_subscription_id"),
+    ("code", "code"),
+    ("timestamp", "timestamp"),
+)
 
 
-def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
+def parse_item(
+    index: int,
+    raw: Any,
+    *,
+    cloudevent: bool = False,
+    surface: str = SURFACE_API,
+    received: datetime | None = None,
+    aliases: dict[str, str] | None = None,
+) -> Item:
     """Structural checks only: presence and types of the fields, the timestamp's format and the
     canonical hash. Error codes: ``invalid_event``, ``missing_field``, ``invalid_field``,
-    ``invalid_timestamp``."""
+    ``invalid_timestamp``.
+
+    ``surface`` says how the item is written: ours (or CloudEvents, ``cloudevent``), OpenMeter's
+    CloudEvents, whose ``time`` is optional, or Lago's event, whose ``timestamp`` is optional
+    and may be Unix seconds. An item without a timestamp gets ``received`` (the receipt)."""
     item = Item(index, raw)
     if not isinstance(raw, dict):
         return item.fail("invalid_event", "Each event must be a JSON object.")
+    lago = surface == SURFACE_LAGO
+    optional_time = surface in (SURFACE_OPENMETER, SURFACE_LAGO)
+    if surface == SURFACE_OPENMETER:
+        cloudevent = True
     if cloudevent:
         # The CloudEvents spec requires these two as well, though ingest does not use them.
         for attribute in ("specversion", "source"):
@@ -115,8 +192,12 @@ def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
                 return item.fail(
                     "invalid_field", f"`{attribute}` must be a string.", field=attribute
                 )
-    event = from_cloudevent(raw) if cloudevent else raw
-    names = _REQUIRED_CE if cloudevent else _REQUIRED
+    if lago:
+        event, names = from_lago(raw, aliases or {}), _REQUIRED_LAGO
+    elif cloudevent:
+        event, names = from_cloudevent(raw), _REQUIRED_CE
+    else:
+        event, names = raw, _REQUIRED
 
     key = event.get("idempotency_key")
     if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH and _storable_text(key):
@@ -130,22 +211,40 @@ def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
             field=names[0][1],
         )
 
+    if lago and raw.get("precise_total_amount_cents") is not None:
+        return item.fail(
+            "invalid_field",
+            "`precise_total_amount_cents` is not supported: send the amount in `properties`.",
+            field="precise_total_amount_cents",
+        )
+
     customer, metric, stamp = event.get("customer"), event.get("metric"), event.get("timestamp")
-    for value, (_, shown) in zip((customer, metric, stamp), names[1:], strict=True):
+    defaulted = optional_time and (stamp is None or stamp == "") and received is not None
+    checked = (customer, metric) if defaulted else (customer, metric, stamp)
+    for value, (_, shown) in zip(checked, names[1:], strict=False):
         if value is None or value == "":
             return item.fail("missing_field", f"`{shown}` is required.", field=shown)
+        if lago and shown == "timestamp" and not isinstance(value, str):
+            continue  # Unix seconds as a number
         if not isinstance(value, str) or not _storable_text(value):
             return item.fail("invalid_field", f"`{shown}` must be a string.", field=shown)
     item.customer, item.metric = customer, metric  # type: ignore[assignment]
 
-    try:
-        timestamp = datetime.fromisoformat(stamp)  # type: ignore[arg-type]
-    except ValueError:
-        timestamp = None
+    timestamp: datetime | None
+    if defaulted:
+        timestamp = received
+    else:
+        timestamp = _unix_seconds(stamp) if lago else None
+        if timestamp is None:
+            try:
+                timestamp = datetime.fromisoformat(stamp)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                timestamp = None
     if timestamp is None or timestamp.tzinfo is None:
+        hint = "Unix seconds or " if lago else ""
         return item.fail(
             "invalid_timestamp",
-            "`timestamp` must be ISO 8601 with a UTC offset, e.g. 2026-01-31T12:00:00Z.",
+            f"`{names[3][1]}` must be {hint}ISO 8601 with a UTC offset, e.g. 2026-01-31T12:00:00Z.",
             field=names[3][1],
         )
     item.timestamp = timestamp.astimezone(UTC)
@@ -167,11 +266,16 @@ def parse_item(index: int, raw: Any, *, cloudevent: bool = False) -> Item:
         )
     try:
         item.payload_hash = canonical_hash(
-            item.customer, item.metric, item.timestamp, item.props_json
+            item.customer, item.metric, None if defaulted else item.timestamp, item.props_json
         )
     except UnicodeEncodeError:
         return item.fail("invalid_field", f"`{shown}` must be valid Unicode.", field=shown)
     return item
+
+
+def is_storable_text(value: str) -> bool:
+    """Whether ``value`` can be stored in (or compared with) a PostgreSQL text column."""
+    return _storable_text(value)
 
 
 def _storable_text(value: str) -> bool:

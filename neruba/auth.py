@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from rest_framework.views import APIView
 
 KEYWORD = "Api-Key"
+# `Bearer` is the Stripe, OpenMeter and Lago convention: their clients send the key that way.
+KEYWORDS = frozenset({"api-key", "bearer"})
+HEADER_HINT = "`Authorization: Api-Key <key>` or `Authorization: Bearer <key>`"
 
 # Verified keys are remembered in-process for a few seconds: single-event ingest is bound by
 # database round trips, and the key lookup was one of them. The price is that a revoked key
@@ -54,8 +57,9 @@ def _verified_key(key: str) -> ApiKey:
 
 
 class ApiKeyAuthentication(BaseAuthentication):
-    """``Authorization: Api-Key <prefix>.<secret>``. The key is verified against its SHA-512
-    hash; revoked and expired keys are refused."""
+    """``Authorization: Api-Key <prefix>.<secret>`` or ``Authorization: Bearer <prefix>.<secret>``
+    (the same key either way). The key is verified against its SHA-512 hash; revoked and expired
+    keys are refused."""
 
     def authenticate(self, request: Request) -> tuple[None, ApiKey] | None:
         header = request.META.get("HTTP_AUTHORIZATION", "")
@@ -63,8 +67,8 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         keyword, _, key = header.partition(" ")
         # Authentication schemes are case-insensitive (RFC 9110 §11.1).
-        if keyword.lower() != KEYWORD.lower() or not key.strip():
-            raise exceptions.AuthenticationFailed("Use the header `Authorization: Api-Key <key>`.")
+        if keyword.lower() not in KEYWORDS or not key.strip():
+            raise exceptions.AuthenticationFailed(f"Use the header {HEADER_HINT}.")
         key = key.strip()
         try:
             api_key = _verified_key(key)
@@ -82,9 +86,7 @@ class ApiKeyAuthentication(BaseAuthentication):
 class HasApiKey(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         if not isinstance(request.auth, ApiKey):
-            raise exceptions.NotAuthenticated(
-                "An API key is required: `Authorization: Api-Key <key>`."
-            )
+            raise exceptions.NotAuthenticated(f"An API key is required: {HEADER_HINT}.")
         return True
 
 

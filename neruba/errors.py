@@ -129,7 +129,7 @@ def json_error(request: HttpRequest, code: str, message: str, status: int) -> Js
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    if request.path.startswith(("/api/", "/webhooks/")):
+    if request.path.startswith(("/api/", "/webhooks/", "/compat/")):
         return json_error(request, "not_found", "Not found.", 404)
     from django.views.defaults import page_not_found
 
@@ -137,7 +137,7 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Json
 
 
 def handler500(request: HttpRequest) -> JsonResponse:
-    if request.path.startswith(("/api/", "/webhooks/")):
+    if request.path.startswith(("/api/", "/webhooks/", "/compat/")):
         return JsonResponse(
             envelope(
                 "internal_error",

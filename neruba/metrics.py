@@ -9,19 +9,26 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-INGEST_ITEMS = Counter("neruba_ingest_items_total", "Ingested items by outcome.", ["outcome"])
+# Ingest series carry ``surface``: the way the request came in (api, openmeter, lago) or replay.
+INGEST_ITEMS = Counter(
+    "neruba_ingest_items_total", "Ingested items by outcome and surface.", ["outcome", "surface"]
+)
 INGEST_BATCH_SIZE = Histogram(
     "neruba_ingest_batch_size",
     "Items per ingest request.",
+    ["surface"],
     buckets=(1, 10, 50, 100, 250, 500, 1000, 5000),
 )
 INGEST_LATENCY = Histogram(
     "neruba_ingest_request_seconds",
     "Ingest request handling time.",
+    ["surface"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 INGEST_REJECTIONS = Counter(
-    "neruba_ingest_rejections_total", "Failed or conflicting items by error code.", ["code"]
+    "neruba_ingest_rejections_total",
+    "Failed or conflicting items by error code and surface.",
+    ["code", "surface"],
 )
 WEBHOOK_RECEIPTS = Counter(
     "neruba_webhook_receipts_total",

@@ -17,6 +17,11 @@ class NerubaAutoSchema(AutoSchema):
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """One key, sent either way in the Authorization header: ``Api-Key <key>``, or
+    ``Bearer <key>`` as Stripe-, OpenMeter- and Lago-style clients do. One apiKey scheme on the
+    header describes both (a second, alternative http-bearer scheme leaves schemathesis no
+    negative case for operations whose only other input is a path parameter)."""
+
     target_class = "neruba.auth.ApiKeyAuthentication"
     name = "ApiKeyAuth"
 
@@ -25,7 +30,11 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "type": "apiKey",
             "in": "header",
             "name": "Authorization",
-            "description": "`Api-Key <prefix>.<secret>`; scopes: ingest, read, write.",
+            "description": (
+                "`Api-Key <prefix>.<secret>` or `Bearer <prefix>.<secret>` (the same key; "
+                "Bearer is what Stripe-, OpenMeter- and Lago-style clients send); scopes: "
+                "ingest, read, write."
+            ),
         }
 
 

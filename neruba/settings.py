@@ -232,7 +232,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Neruba API",
     "DESCRIPTION": "Usage ingest, catalog, subscriptions, invoices and credits. "
-    "Authenticate with `Authorization: Api-Key <key>`.",
+    "Authenticate with `Authorization: Api-Key <key>` or `Authorization: Bearer <key>`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,

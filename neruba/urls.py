@@ -29,6 +29,8 @@ urlpatterns = [
     path("docs", ops_views.docs, name="docs"),
     path("webhooks/", include("webhooks.urls")),
     path("api/v1/", include(api_v1)),
+    # Drop-in ingest for clients written against OpenMeter's or Lago's API.
+    path("compat/", include("ingest.compat_urls")),
     path("console/", include("operations.urls")),
     path("admin/", console.urls),
     path("", RedirectView.as_view(pattern_name="admin:index", permanent=False)),

@@ -39,7 +39,7 @@ from billing import services as billing_services
 from billing.drift import finding_resolve
 from billing.ledger import credit_grant
 from billing.models import CreditEntry, DriftFinding, Invoice, ReasonCode
-from billing.selectors import credit_balances
+from billing.selectors import cash_totals, credit_balances
 from ingest.models import IngestRejection, UsageEvent
 from neruba import audit
 from neruba.admin_actions import (
@@ -216,7 +216,11 @@ class CreditForm(forms.Form):
 
     amount = billing_admin.CreditIssueForm.declared_fields["amount"]
     currency = billing_admin.CreditIssueForm.declared_fields["currency"]
-    reason_code = forms.ChoiceField(choices=ReasonCode.choices, initial=ReasonCode.GOODWILL)
+    reason_code = forms.ChoiceField(
+        choices=billing_admin.GRANTABLE_CHOICES,
+        initial=ReasonCode.GOODWILL,
+        help_text=billing_admin.CreditIssueForm.declared_fields["reason_code"].help_text,
+    )
 
 
 def _credit_issue(customer: Customer, actor: Any, reason: str, data: dict[str, Any]) -> None:
@@ -237,11 +241,13 @@ issue_credit = guarded_action(
     perform=_credit_issue,
     preview=lambda c: (
         f"a credit entry is added to {c.external_id}'s ledger (balance now "
-        f"{credit_balances(customer=c) or {c.currency: 0}}); it is applied to the next invoice"
+        f"{credit_balances(customer=c) or {c.currency: 0}}); it is applied to the next invoice. "
+        f"It must be in {c.currency}, the customer's currency: any other is refused"
     ),
     form=CreditForm,
-    explanation="Credits are ledger entries: never edited; a mistake is corrected by another "
-    "entry. The amount is in minor units.",
+    explanation="Credits are spendable ledger entries: never edited; a mistake is corrected by "
+    "another entry. The amount is in minor units. A Stripe refund or lost dispute is never "
+    "credit: it is cash back on the card, shown on its invoice.",
 )
 
 
@@ -470,6 +476,10 @@ def invoice_totals(queryset: QuerySet[Invoice]) -> list[dict[str, Any]]:
             subtotal_sum=Sum("subtotal"),
             credits_sum=Sum("credits_applied"),
             total_sum=Sum("total"),
+            paid_sum=Sum("amount_paid"),
+            refunded_sum=Sum("amount_refunded"),
+            disputed_sum=Sum("amount_disputed"),
+            collected_sum=Sum("amount_collected"),
         )
         .order_by("status", "currency")
     )
@@ -504,6 +514,34 @@ class CreditLedgerAdmin(CsvExportMixin, billing_admin.CreditEntryAdmin):
         *date_filters("created_at"),
     ]
     csv_columns = _ledger_columns
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Filtered to one customer, the ledger also shows that customer's cash story beside the
+        spendable balance, so nobody reads a refund into the credit column."""
+        extra_context = dict(extra_context or {})
+        external_id = (request.GET.get("customer") or "").strip()
+        if not external_id and request.GET.get("customer__id__exact", "").isdigit():
+            found = Customer.objects.filter(pk=int(request.GET["customer__id__exact"])).first()
+            external_id = found.external_id if found else ""
+        customer = Customer.objects.filter(external_id=external_id).first() if external_id else None
+        if customer is not None:
+            balances = credit_balances(customer=customer)
+            cash = {row["currency"]: row for row in cash_totals(customer=customer)}
+            extra_context["ledger_customer"] = customer
+            extra_context["ledger_cash"] = [
+                {
+                    "currency": currency,
+                    "balance": balances.get(currency, 0),
+                    **{
+                        k: cash.get(currency, {}).get(k, 0)
+                        for k in ("paid", "refunded", "disputed", "collected")
+                    },
+                }
+                for currency in sorted({*balances, *cash})
+            ]
+        return super().changelist_view(request, extra_context)
 
 
 _audit_columns: list[tuple[str, Callable[[Any], Any]]] = [

@@ -101,6 +101,7 @@ REJECTION_COLUMNS = {
     "error_code": "(ARRAY['unknown_customer','unknown_metric','invalid_value',"
     "'timestamp_too_old'])[1 + g %% 4]",
     "error_message": "'benchmark rejection ' || g",
+    "surface": "'api'",
     "raw_payload": "jsonb_build_object('idempotency_key', %(prefix)s || '-r-' || g)",
     "original_event_id": "NULL",
     "differing_fields": "'[]'::jsonb",

@@ -13,7 +13,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.safestring import mark_safe
 
-from billing.models import BillingRun, DriftFinding
+from billing.models import BillingRun, DriftFinding, PaymentFinding
 from ingest.models import IngestBatch, IngestRejection
 from neruba.models import SchedulerLock
 from operations.charts import stacked_bars
@@ -99,6 +99,15 @@ def _backlog(user: Any) -> list[dict[str, Any]]:
                 "label": "Open drift findings",
                 "count": DriftFinding.objects.filter(status="open").count(),
                 "url": _admin_url("billing_driftfinding_changelist", query="?status__exact=open"),
+            }
+        )
+    if user.has_perm("billing.view_paymentfinding"):
+        # Charges that returned more than they collected: finance settles them with Stripe.
+        items.append(
+            {
+                "label": "Open payment findings (over-returned charges)",
+                "count": PaymentFinding.objects.filter(status="open").count(),
+                "url": _admin_url("billing_paymentfinding_changelist", query="?status__exact=open"),
             }
         )
     return items

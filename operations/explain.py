@@ -15,11 +15,21 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Model, Q
 
-from billing.models import BillingWindow, DriftFinding, Invoice, Price, Subscription
+from billing.models import (
+    BillingWindow,
+    Dispute,
+    DriftFinding,
+    Invoice,
+    PaymentFinding,
+    Price,
+    Refund,
+    Subscription,
+)
 from billing.periods import period_current
 from ingest.models import IngestRejection, Metric, UsageEvent
 from ingest.selectors import counting_row, event_history
 from neruba.models import Customer
+from neruba.money import money
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 
@@ -96,6 +106,49 @@ def _subscription_at(event: UsageEvent) -> Subscription | None:
     )
 
 
+def _cash_steps(explanation: Explanation, invoice: Invoice) -> None:
+    """What happened to the money of the invoice that billed the event: paid, refunded, lost in
+    disputes, collected. A refund or a lost dispute is cash back on the card, never credit."""
+    cur = invoice.currency
+    if invoice.amount_paid or invoice.amount_refunded or invoice.amount_disputed:
+        explanation.add(
+            "Payment",
+            OK if invoice.amount_collected >= 0 else WARN,
+            f"Invoice {invoice.number}: charged {money(invoice.total, cur)}, paid "
+            f"{money(invoice.amount_paid, cur)}, refunded {money(invoice.amount_refunded, cur)}, "
+            f"lost in disputes {money(invoice.amount_disputed, cur)}, collected "
+            f"{money(invoice.amount_collected, cur)} {cur}.",
+            invoice,
+        )
+    for refund in Refund.objects.filter(invoice=invoice).order_by("id")[:10]:
+        if refund.status == "succeeded":
+            words = (
+                f"refund processed: {money(refund.amount, refund.currency)} {refund.currency} "
+                "back to the card"
+            )
+        else:
+            words = f"refund {refund.status}: nothing went back to the card"
+        explanation.add(f"Refund {refund.stripe_refund_id}", INFO, f"{words}.", refund)
+    for dispute in Dispute.objects.filter(invoice=invoice).order_by("id")[:10]:
+        if dispute.status == "lost":
+            words = (
+                f"dispute closed: lost; {money(dispute.amount, dispute.currency)} "
+                f"{dispute.currency} went back to the card"
+            )
+        elif dispute.closed_at is not None:
+            words = f"dispute closed: {dispute.status}; the payment stands"
+        else:
+            words = f"dispute {dispute.status}"
+        explanation.add(f"Dispute {dispute.stripe_dispute_id}", INFO, f"{words}.", dispute)
+    for finding in PaymentFinding.objects.filter(invoice=invoice).order_by("id")[:10]:
+        explanation.add(
+            f"Payment finding #{finding.pk}",
+            WARN if finding.status == PaymentFinding.Status.OPEN else INFO,
+            f"{finding.detail} ({finding.status}).",
+            finding,
+        )
+
+
 def _invoice_steps(
     explanation: Explanation, event: UsageEvent, window: BillingWindow
 ) -> Explanation:
@@ -126,6 +179,7 @@ def _invoice_steps(
             invoice,
         )
         explanation.billed = True
+        _cash_steps(explanation, invoice)
         if not event.late:
             return explanation.stop(f"Billed on invoice {invoice.number}.")
     elif counted:

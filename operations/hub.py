@@ -16,8 +16,8 @@ from typing import Any
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Model
 
-from billing.models import CreditEntry, Dispute, Invoice, Refund, Subscription
-from billing.selectors import credit_balances
+from billing.models import CreditEntry, Dispute, Invoice, PaymentFinding, Refund, Subscription
+from billing.selectors import cash_totals, credit_balances
 from ingest.models import EventCorrection, IngestRejection, UsageEvent
 from neruba.models import AuditEntry, Customer, SupportNote
 from webhooks.models import StripeEvent
@@ -46,6 +46,9 @@ class Section:
 class CustomerHub:
     customer: Customer
     balances: dict[str, int]
+    # Cash on the customer's invoices per currency (paid, refunded, disputed, collected): money
+    # that moved on the card, shown apart from the spendable credit balance.
+    cash: list[dict[str, Any]] = field(default_factory=list)
     sections: dict[str, Section] = field(default_factory=dict)
 
 
@@ -59,6 +62,7 @@ def customer_hub(*, customer: Customer, limit: int = LIMIT) -> CustomerHub:
     hub = CustomerHub(
         customer=customer,
         balances=credit_balances(customer=customer),
+        cash=cash_totals(customer=customer),
     )
     specs: list[tuple[str, str, Any, tuple[str, str] | None]] = [
         (
@@ -92,6 +96,14 @@ def customer_hub(*, customer: Customer, limit: int = LIMIT) -> CustomerHub:
             "Disputes",
             Dispute.objects.filter(customer=customer).select_related("invoice").order_by("-id"),
             ("billing_dispute_changelist", by_pk),
+        ),
+        (
+            "payment_findings",
+            "Payment findings (charges that returned more than they collected)",
+            PaymentFinding.objects.filter(customer=customer)
+            .select_related("invoice")
+            .order_by("-created_at", "-id"),
+            ("billing_paymentfinding_changelist", by_pk),
         ),
         (
             "events",

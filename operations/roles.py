@@ -31,6 +31,7 @@ _VIEW_BILLING = [
     "billing.view_billingwindow",
     "billing.view_billingrun",
     "billing.view_driftfinding",
+    "billing.view_paymentfinding",
 ]
 _VIEW_WEBHOOKS = ["webhooks.view_stripeevent", "webhooks.view_eventattempt"]
 _NOTES = ["neruba.view_supportnote", "neruba.add_supportnote", "neruba.view_auditentry"]
@@ -54,8 +55,8 @@ ROLES: dict[str, dict[str, Any]] = {
     },
     "Finance": {
         "summary": "Owns the money: plans, prices and subscriptions; issues credits; voids and "
-        "reruns invoices; marks invoices paid; resolves drift; reads and exports the audit "
-        "log. Cannot replay ingest or webhooks.",
+        "reruns invoices; marks invoices paid; resolves drift and payment findings; reads and "
+        "exports the audit log. Cannot replay ingest or webhooks.",
         "permissions": _VIEW_CATALOG
         + _VIEW_USAGE
         + _VIEW_BILLING
@@ -72,6 +73,7 @@ ROLES: dict[str, dict[str, Any]] = {
             "billing.rerun_invoice",
             "billing.mark_invoice_paid",
             "billing.resolve_driftfinding",
+            "billing.resolve_paymentfinding",
             "neruba.export_auditentry",
         ],
     },

@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from billing.ledger import credit_balance
 from billing.models import CreditEntry, Dispute, Invoice, Refund
 from neruba.models import Customer
-
-# ISO 4217 currencies without minor units; every other currency has two decimals here.
-ZERO_DECIMAL = {"BIF", "CLP", "DJF", "GNF", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "XAF"}
+from neruba.money import money
 
 REASON_WORDS = {
     "goodwill": "a goodwill gesture",
     "correction": "a billing correction",
-    "refund": "a refund",
-    "dispute": "a dispute",
+    "refund_as_credit": "account credit instead of a refund to your card",
 }
-
-
-def money(amount: int, currency: str) -> str:
-    """Minor units as the customer reads them: 1250 USD -> 12.50."""
-    if currency.upper() in ZERO_DECIMAL:
-        return str(amount)
-    return f"{Decimal(amount) / 100:.2f}"
+# Only spendable grants are credit. Legacy grants from Stripe refunds and disputes were
+# reversed (cash went back to the card); no reply may present them as credit.
+CREDIT_REASONS = tuple(REASON_WORDS)
+DISPUTE_OPEN_WORDS = {"won": "won", "warning_closed": "closed", "prevented": "closed"}
 
 
 @dataclass(frozen=True)
@@ -64,8 +57,9 @@ TEMPLATES: dict[str, SupportTemplate] = {
         SupportTemplate(
             "refund_processed",
             "Refund processed",
-            "Hello {name}, we have refunded {amount} {currency} for invoice {invoice_number}. "
-            "Depending on your bank it can take 5–10 business days to appear.",  # noqa: RUF001
+            "Hello {name}, refund processed: {amount} {currency} back to your card for invoice "
+            "{invoice_number}. Depending on your bank it can take 5–10 business days to "  # noqa: RUF001
+            "appear on your statement.",
         ),
         SupportTemplate(
             "dispute_opened",
@@ -73,6 +67,19 @@ TEMPLATES: dict[str, SupportTemplate] = {
             "Hello {name}, we have been notified of a dispute on invoice {invoice_number} for "
             "{amount} {currency}. If this was unintended, please reply and we will help "
             "resolve it.",
+        ),
+        SupportTemplate(
+            "dispute_lost",
+            "Dispute closed: lost",
+            "Hello {name}, dispute closed: lost. Your card issuer returned {amount} {currency} "
+            "for invoice {invoice_number} to your card; that payment is reversed and nothing "
+            "further comes back to you for it.",
+        ),
+        SupportTemplate(
+            "dispute_closed",
+            "Dispute closed in our favour",
+            "Hello {name}, dispute closed: {outcome}. The payment of {amount} {currency} for "
+            "invoice {invoice_number} stands and nothing was returned to your card for it.",
         ),
         SupportTemplate(
             "invoice_corrected",
@@ -103,7 +110,8 @@ def _credit(entry: CreditEntry) -> SupportMessage:
 
 
 def _stripe_case(key: str, record: Refund | Dispute, customer: Customer) -> SupportMessage:
-    """A refund or a dispute: both name the invoice (or the charge) and the amount."""
+    """A refund or a dispute: both name the invoice (or the charge) and the amount. Cash on the
+    card, never credit: no reply for them mentions a balance or a next invoice."""
     return SupportMessage(
         TEMPLATES[key],
         TEMPLATES[key].render(
@@ -111,9 +119,18 @@ def _stripe_case(key: str, record: Refund | Dispute, customer: Customer) -> Supp
             amount=money(record.amount, record.currency),
             currency=record.currency.upper(),
             invoice_number=record.invoice.number if record.invoice else record.charge_id,
+            outcome=DISPUTE_OPEN_WORDS.get(record.status, record.status),
         ),
         record,
     )
+
+
+def _dispute_case(dispute: Dispute, customer: Customer) -> SupportMessage:
+    if dispute.status == "lost":
+        return _stripe_case("dispute_lost", dispute, customer)
+    if dispute.status in DISPUTE_OPEN_WORDS:
+        return _stripe_case("dispute_closed", dispute, customer)
+    return _stripe_case("dispute_opened", dispute, customer)
 
 
 def _corrected(invoice: Invoice) -> SupportMessage:
@@ -135,7 +152,9 @@ def messages_for_customer(*, customer: Customer) -> list[SupportMessage]:
     """One message per case, from the customer's latest record of that kind."""
     out = []
     credit = (
-        CreditEntry.objects.filter(customer=customer, kind=CreditEntry.Kind.GRANT)
+        CreditEntry.objects.filter(
+            customer=customer, kind=CreditEntry.Kind.GRANT, reason_code__in=CREDIT_REASONS
+        )
         .select_related("customer")
         .order_by("-created_at", "-id")
         .first()
@@ -143,7 +162,10 @@ def messages_for_customer(*, customer: Customer) -> list[SupportMessage]:
     if credit is not None:
         out.append(_credit(credit))
     refund = (
-        Refund.objects.filter(customer=customer).select_related("invoice").order_by("-id").first()
+        Refund.objects.filter(customer=customer, status="succeeded")
+        .select_related("invoice")
+        .order_by("-id")
+        .first()
     )
     if refund is not None:
         out.append(_stripe_case("refund_processed", refund, customer))
@@ -151,7 +173,7 @@ def messages_for_customer(*, customer: Customer) -> list[SupportMessage]:
         Dispute.objects.filter(customer=customer).select_related("invoice").order_by("-id").first()
     )
     if dispute is not None:
-        out.append(_stripe_case("dispute_opened", dispute, customer))
+        out.append(_dispute_case(dispute, customer))
     corrected = (
         Invoice.objects.filter(customer=customer, supersedes__isnull=False)
         .select_related("customer", "supersedes")
@@ -168,16 +190,20 @@ def messages_for_invoice(*, invoice: Invoice) -> list[SupportMessage]:
     customer = invoice.customer
     out = [
         _credit(entry)
-        for entry in CreditEntry.objects.filter(invoice=invoice, kind=CreditEntry.Kind.GRANT)
+        for entry in CreditEntry.objects.filter(
+            invoice=invoice, kind=CreditEntry.Kind.GRANT, reason_code__in=CREDIT_REASONS
+        )
         .select_related("customer")
         .order_by("-created_at", "-id")[:3]
     ]
     out += [
         _stripe_case("refund_processed", r, customer)
-        for r in Refund.objects.filter(invoice=invoice).select_related("invoice")[:3]
+        for r in Refund.objects.filter(invoice=invoice, status="succeeded").select_related(
+            "invoice"
+        )[:3]
     ]
     out += [
-        _stripe_case("dispute_opened", d, customer)
+        _dispute_case(d, customer)
         for d in Dispute.objects.filter(invoice=invoice).select_related("invoice")[:3]
     ]
     successor = (

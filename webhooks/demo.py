@@ -28,7 +28,7 @@ def _events(customer: Customer) -> dict[str, dict]:
             type="customer.updated",
             id="evt_demo_processed",
         ),
-        # A refund Neruba refuses to credit (zero amount): failed, waiting for its retry.
+        # A refund with no amount (Stripe never sends one): failed, waiting for its retry.
         "evt_demo_failed": stripe_event(
             stripe_object(
                 "refund", id="re_demo_zero", amount=0, charge="ch_demo_1", customer=stripe_customer

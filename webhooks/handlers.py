@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from billing import payments
-from billing.models import Dispute, Invoice, Refund
+from billing.models import Dispute, Invoice, PaymentCharge, Refund
 from neruba.models import Customer
 from webhooks.exceptions import StripeCustomerMismatch
 from webhooks.models import StripeEvent
@@ -36,6 +36,17 @@ def _id(value: Any) -> str:
     if isinstance(value, dict):
         value = value.get("id")
     return value if isinstance(value, str) else ""
+
+
+def _charge_amount(charge: dict[str, Any] | None) -> int | None:
+    """What a charge object says it collected (captured, else its amount), when we have one."""
+    if not charge:
+        return None
+    for key in ("amount_captured", "amount"):
+        value = charge.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _ts(value: Any) -> datetime | None:
@@ -67,6 +78,27 @@ def _stale(event: StripeEvent, object_id: str) -> bool:
     )
 
 
+def _refund_stale(event: StripeEvent, refund_id: str, charge_id: str) -> bool:
+    """A refund's snapshots come as the refund itself (``refund.*``, ``charge.refund.updated``)
+    and, with older API versions, embedded in ``charge.refunded`` (whose object is the charge).
+    Either kind, when newer and already applied, makes this snapshot stale."""
+    if _stale(event, refund_id):
+        return True
+    if not charge_id:
+        return False
+    newer = StripeEvent.objects.filter(
+        object_id=charge_id,
+        type="charge.refunded",
+        status=StripeEvent.Status.PROCESSED,
+        created__gt=event.created,
+    ).exclude(pk=event.pk)
+    for payload in newer.values_list("payload", flat=True)[:20]:
+        embedded = ((payload.get("data") or {}).get("object") or {}).get("refunds") or {}
+        if any(_id(r) == refund_id for r in embedded.get("data") or []):
+            return True
+    return False
+
+
 def _customer_by_stripe(stripe_customer_id: str) -> Customer | None:
     if not stripe_customer_id:
         return None
@@ -86,6 +118,15 @@ def _charge_context(
             invoice_number=str(_metadata(obj).get("neruba_invoice_number") or ""),
         )
         customer = customer or _customer_by_stripe(_id(obj.get("customer")))
+    if charge_id and (customer is None or invoice is None):
+        known_charge = (
+            PaymentCharge.objects.filter(charge_id=charge_id)
+            .select_related("customer", "invoice")
+            .first()
+        )
+        if known_charge is not None:
+            customer = customer or known_charge.customer
+            invoice = invoice or known_charge.invoice
     if charge_id and (customer is None or invoice is None):
         for model in (Refund, Dispute):
             known = (
@@ -156,8 +197,31 @@ def handle_invoice(event: StripeEvent) -> HandlerResult:
         provider_invoice_id=_id(obj.get("id")),
         source=_source(event),
         details=details,
+        amount_paid=obj.get("amount_paid") if isinstance(obj.get("amount_paid"), int) else None,
     )
     return HandlerResult("processed", change.notes, invoice=invoice, customer=invoice.customer)
+
+
+# --- charges ----------------------------------------------------------------------------------
+
+
+def handle_charge(event: StripeEvent) -> HandlerResult:
+    """A charge that collected money: remembered with its amount, so a later refund or dispute
+    is measured against what the charge really collected."""
+    charge = _obj(event)
+    charge_id = _id(charge.get("id"))
+    customer, invoice = _charge_context(event=event, charge_id=charge_id, objects=[charge])
+    if customer is None:
+        return _ignored(f"charge {charge_id} is not a Neruba customer's")
+    change = payments.charge_record(
+        charge_id=charge_id,
+        amount=_charge_amount(charge),
+        currency=str(charge.get("currency") or customer.currency),
+        customer=customer,
+        invoice=invoice,
+        source=_source(event),
+    )
+    return HandlerResult("processed", change.notes, invoice=invoice, customer=customer)
 
 
 # --- refunds ----------------------------------------------------------------------------------
@@ -184,7 +248,8 @@ def _apply_refund(
         customer=customer,
         invoice=invoice,
         source=_source(event),
-        stale=_stale(event, refund_id),
+        stale=_refund_stale(event, refund_id, charge_id),
+        charge_amount=_charge_amount(charge),
     )
     return HandlerResult("processed", change.notes, invoice=invoice, customer=customer)
 
@@ -237,6 +302,7 @@ def handle_dispute(event: StripeEvent) -> HandlerResult:
         invoice=invoice,
         source=_source(event),
         stale=_stale(event, dispute_id),
+        charge_amount=_charge_amount(charge),
     )
     return HandlerResult("processed", change.notes, invoice=invoice, customer=customer)
 
@@ -281,6 +347,8 @@ def handle_customer(event: StripeEvent) -> HandlerResult:
 
 HANDLERS: dict[str, Callable[[StripeEvent], HandlerResult]] = {
     **dict.fromkeys(INVOICE_STATUS, handle_invoice),
+    "charge.succeeded": handle_charge,
+    "charge.captured": handle_charge,
     "charge.refunded": handle_charge_refunded,
     "charge.refund.updated": handle_refund,
     "refund.created": handle_refund,

@@ -558,7 +558,7 @@ def event_replay(*, event: StripeEvent, actor: audit.Actor, reason: str) -> Even
 
 def event_dry_run(*, event: StripeEvent) -> handlers.HandlerResult:
     """What processing ``event`` now would change, without changing it: the real handler runs
-    in a transaction that is always rolled back (its audit entries and credits included)."""
+    in a transaction that is always rolled back (its audit entries and cash amounts included)."""
     with transaction.atomic():
         try:
             return handlers.dispatch(event)

@@ -3,10 +3,12 @@ from __future__ import annotations
 from billing.models.catalog import Interval, Plan, Price, Subscription
 from billing.models.drift import DriftFinding
 from billing.models.invoices import Invoice, InvoiceCounter, InvoiceLine, ProviderSync
-from billing.models.ledger import CreditEntry, Dispute, ReasonCode, Refund
+from billing.models.ledger import GRANTABLE, CreditEntry, Dispute, ReasonCode, Refund
+from billing.models.payments import PaymentCharge, PaymentFinding
 from billing.models.runs import BillingRun, BillingWindow
 
 __all__ = [
+    "GRANTABLE",
     "BillingRun",
     "BillingWindow",
     "CreditEntry",
@@ -16,6 +18,8 @@ __all__ = [
     "Invoice",
     "InvoiceCounter",
     "InvoiceLine",
+    "PaymentCharge",
+    "PaymentFinding",
     "Plan",
     "Price",
     "ProviderSync",

@@ -75,6 +75,9 @@ class Subscription(models.Model):
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
+    # The client's own id for the subscription (Lago's external_subscription_id). Optional; when
+    # set, unique among subscriptions, so an event naming it reaches exactly one customer.
+    external_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:

@@ -21,6 +21,8 @@ class DriftFinding(models.Model):
         CREDIT = "credit"
         SUPPLEMENTARY = "supplementary"
         IGNORE = "ignore"
+        # Resolved by a rerun that found no amount to change: nothing voided or issued.
+        NO_CHANGE = "no_change", "no change"
 
     kind = models.CharField(
         max_length=30,

@@ -40,6 +40,17 @@ class Invoice(models.Model):
     subtotal = models.BigIntegerField(default=0)
     credits_applied = models.BigIntegerField(default=0)
     total = models.BigIntegerField(default=0)
+    # The cash story, in minor units, kept in step by ``billing.payments`` from the provider's
+    # facts: what arrived, what went back to the card (refunds, lost disputes) and the net.
+    # Never credit: money returned to a card is not spendable on the next invoice. Defaults
+    # live in the database too: the billing pass COPYs new invoices without these columns (all
+    # zero at issue), and the previous release can still insert rows after the upgrade.
+    amount_paid = models.BigIntegerField(default=0, db_default=0)
+    amount_refunded = models.BigIntegerField(default=0, db_default=0)
+    amount_disputed = models.BigIntegerField(default=0, db_default=0, help_text="Lost in disputes.")
+    amount_collected = models.BigIntegerField(
+        default=0, db_default=0, help_text="Paid less refunded less lost in disputes."
+    )
     supersedes = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
     )

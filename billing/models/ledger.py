@@ -9,10 +9,20 @@ from neruba.models import Customer
 
 
 class ReasonCode(models.TextChoices):
-    REFUND = "refund"
-    DISPUTE = "dispute"
-    CORRECTION = "correction"
     GOODWILL = "goodwill"
+    CORRECTION = "correction"
+    # Finance chose credit *instead of* a cash refund: nothing went back to the card.
+    REFUND_AS_CREDIT = "refund_as_credit", "refund as credit"
+    # Earlier versions granted credit from Stripe refunds and lost disputes; migration
+    # billing 0005 reversed every such grant. Kept so those entries still read right; never
+    # granted again (``GRANTABLE``).
+    REFUND = "refund", "refund (legacy, reversed)"
+    DISPUTE = "dispute", "dispute (legacy, reversed)"
+
+
+# What a credit grant may be for. Cash returned to a card (a refund, a lost dispute) is recorded
+# on its invoice, never here.
+GRANTABLE = (ReasonCode.GOODWILL, ReasonCode.CORRECTION, ReasonCode.REFUND_AS_CREDIT)
 
 
 class CreditEntry(models.Model):

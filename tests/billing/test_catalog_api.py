@@ -140,6 +140,39 @@ def test_creating_a_subscription_with_customer_plan_and_start(
     assert entry.customer == subscription.customer and entry.actor_label.startswith("api_key:")
 
 
+def test_a_subscription_may_carry_a_unique_external_id(api: Callable[..., APIClient]) -> None:
+    CustomerFactory(external_id="umbrella", currency="USD")
+    CustomerFactory(external_id="initech", currency="USD")
+    PlanFactory(code="starter", currency="USD")
+    PlanFactory(code="pro", currency="USD")
+    client = api("write", "read")
+    payload = {
+        "customer": "umbrella",
+        "plan": "starter",
+        "started_at": "2026-11-01T00:00:00Z",
+        "external_id": "sub_umbrella_starter",
+    }
+    response = client.post("/api/v1/subscriptions", payload, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["external_id"] == "sub_umbrella_starter"
+    taken = {**payload, "customer": "initech", "plan": "pro"}
+    error = assert_error(
+        client.post("/api/v1/subscriptions", taken, format="json"),
+        409,
+        "subscription_external_id_taken",
+    )
+    assert error["details"] == {"external_id": "sub_umbrella_starter"}
+    assert Subscription.objects.count() == 1
+    # Without one (or with none), any number of subscriptions have no external id.
+    for customer in ("umbrella", "initech"):
+        untagged = {"customer": customer, "plan": "pro", "started_at": "2026-11-01T00:00:00Z"}
+        assert client.post("/api/v1/subscriptions", untagged, format="json").status_code == 201
+    listed = client.get("/api/v1/subscriptions", {"customer": "umbrella"}).json()["results"]
+    assert sorted(str(s["external_id"]) for s in listed) == ["None", "sub_umbrella_starter"]
+    audit = AuditEntry.objects.filter(action="subscription.create").order_by("id").first()
+    assert audit.after["external_id"] == "sub_umbrella_starter"
+
+
 def test_the_subscription_list_filters_by_customer(
     api: Callable[..., APIClient], catalog: dict[str, Any]
 ) -> None:

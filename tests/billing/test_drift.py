@@ -271,3 +271,48 @@ def test_a_drift_dry_run_counts_findings_without_writing_them(january: Invoice) 
     run = sweep_run(name="usage_drift", trigger="command", dry_run=True)
     assert run.status == "succeeded" and run.dry_run and run.findings == 1
     assert not DriftFinding.objects.exists()
+
+
+def test_a_finding_with_no_money_difference_closes_as_no_change_without_voiding_anything(
+    january: Invoice, console_user: Any
+) -> None:
+    # One more call at half a cent: 100.5 rounds half-even back to 50, so only the quantity
+    # moved. The sweep records it (quantities differ), the rerun changes nothing.
+    ingest("api_calls", 1)
+    usage_drift_sweep(lease=None, since=None)
+    finding = DriftFinding.objects.get()
+    assert (finding.invoiced_quantity, finding.actual_quantity, finding.delta_amount) == (
+        100,
+        101,
+        0,
+    )
+    finance = console_user("Finance")
+    preview = finding_resolve(finding=finding, action="rerun", actor=finance, reason="")
+    assert preview.rerun is not None and preview.rerun.action == "none"
+    assert "nothing is voided, issued or credited" in preview.render()
+
+    result = finding_resolve(
+        finding=finding, action="rerun", actor=finance, reason="one late call", dry_run=False
+    )
+
+    assert result.applied and result.rerun is not None and not result.rerun.applied
+    january.refresh_from_db()
+    assert january.status == "finalized" and Invoice.objects.count() == 1
+    assert not AuditEntry.objects.filter(action="invoice.rerun").exists()
+    assert not CreditEntry.objects.exists()
+    finding.refresh_from_db()
+    assert (finding.status, finding.resolution) == ("resolved", "no_change")
+    assert AuditEntry.objects.get(action="drift_finding.resolve").reason == "one late call"
+    # The accepted quantity stands: sweeping again opens nothing.
+    assert usage_drift_sweep(lease=None, since=None)["findings"] == 0
+
+
+def test_a_rerun_finding_no_difference_changes_nothing_and_the_sweep_opens_no_finding(
+    january: Invoice,
+) -> None:
+    assert usage_drift_sweep(lease=None, since=None)["findings"] == 0
+    result = services.invoice_rerun(invoice=january, actor=None, reason="check", dry_run=False)
+    assert result.action == "none" and not result.applied and result.created == []
+    january.refresh_from_db()
+    assert january.status == "finalized" and Invoice.objects.count() == 1
+    assert not AuditEntry.objects.filter(action="invoice.rerun").exists()

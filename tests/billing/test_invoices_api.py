@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import time_machine
+from django.db import transaction
+from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
 from billing import services
 from billing.ledger import credit_grant
+from billing.models import CreditEntry, Dispute, Invoice, Refund
+from billing.payments import invoice_cash_refresh
+from neruba.models import AuditEntry
 from tests.billing.helpers import add_events
 
 pytestmark = pytest.mark.django_db
@@ -48,9 +54,16 @@ def test_an_invoice_has_the_public_shape_with_integer_money_and_decimal_strings(
         "subtotal",
         "credits_applied",
         "total",
+        "amount_paid",
+        "amount_refunded",
+        "amount_disputed",
+        "amount_collected",
         "lines",
     }
     assert detail["customer"] == "acme" and detail["status"] == "finalized"
+    # Nothing arrived yet, nothing went back.
+    assert [detail[k] for k in ("amount_paid", "amount_refunded", "amount_disputed")] == [0, 0, 0]
+    assert detail["amount_collected"] == 0
     assert detail["period_start"].startswith("2026-01-01")
     assert detail["lines"][0] == {
         "metric": None,
@@ -160,3 +173,73 @@ def test_usage_so_far_counts_distinct_values_as_invoicing_does() -> None:
         end=datetime(2026, 12, 1, tzinfo=UTC),
     )
     assert quantities[users.pk] == 2
+
+
+def test_an_invoice_shows_what_was_paid_refunded_lost_in_disputes_and_collected(
+    api: Callable[..., APIClient], billed: dict[str, Any]
+) -> None:
+    invoice = Invoice.objects.filter(customer__external_id="acme").order_by("id").first()
+    services.invoice_mark_paid(invoice=invoice, actor=None, reason="wire transfer")
+    Refund.objects.create(
+        stripe_refund_id="re_api",
+        charge_id="ch_api",
+        customer=invoice.customer,
+        invoice=invoice,
+        amount=300,
+        currency="USD",
+        status="succeeded",
+    )
+    Dispute.objects.create(
+        stripe_dispute_id="dp_api",
+        charge_id="ch_api",
+        customer=invoice.customer,
+        invoice=invoice,
+        amount=200,
+        currency="USD",
+        status="lost",
+    )
+    with transaction.atomic():
+        invoice_cash_refresh(invoice=Invoice.objects.select_for_update().get(pk=invoice.pk))
+    body = api("read").get(f"/api/v1/invoices/{invoice.number}").json()
+    assert (body["total"], body["amount_paid"]) == (invoice.total, invoice.total)
+    assert (body["amount_refunded"], body["amount_disputed"]) == (300, 200)
+    assert body["amount_collected"] == invoice.total - 500
+
+
+def test_a_credit_is_granted_over_the_api_only_in_the_customers_currency(
+    api: Callable[..., APIClient], catalog: dict[str, Any]
+) -> None:
+    url = "/api/v1/customers/acme/credits"
+    grant = {"amount": 250, "reason_code": "refund_as_credit", "reason": "credit, not a refund"}
+    assert api("read").post(url, grant, format="json").status_code == 403
+
+    refused = api("write").post(url, {**grant, "currency": "XYZ"}, format="json")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "credit_currency_mismatch"
+    assert error["details"] == {"currency": "XYZ", "customer_currency": "USD"}
+    assert "USD" in error["message"]
+
+    cash = api("write").post(url, {**grant, "reason_code": "refund"}, format="json")
+    assert cash.status_code == 400 and cash.json()["error"]["code"] == "validation_error"
+    assert not CreditEntry.objects.exists()
+
+    created = api("write").post(url, grant, format="json")
+    assert created.status_code == 201
+    assert (created.json()["amount"], created.json()["currency"]) == (250, "USD")
+    assert created.json()["reason_code"] == "refund_as_credit"
+    entry = AuditEntry.objects.get(action="credit.grant")
+    assert entry.actor_label.startswith("api_key:") and entry.reason == "credit, not a refund"
+
+
+@override_settings(NERUBA_API_DOCS="public")
+def test_the_openapi_schema_documents_the_cash_amounts_and_the_credit_grant(
+    client: Client,
+) -> None:
+    schema = json.loads(client.get("/openapi.json").content)
+    invoice = schema["components"]["schemas"]["InvoiceOutput"]
+    for name in ("amount_paid", "amount_refunded", "amount_disputed", "amount_collected"):
+        assert invoice["properties"][name]["type"] == "integer", name
+    grant = schema["paths"]["/api/v1/customers/{external_id}/credits"]["post"]
+    assert "credit_currency_mismatch" in grant["description"]
+    assert {"201", "400", "404"} <= set(grant["responses"])

@@ -188,3 +188,37 @@ def test_a_window_whose_invoice_was_voided_outside_a_rerun_is_billed_only_by_a_r
     )
     assert result.action == "invoice" and result.applied
     assert Invoice.objects.exclude(status="void").get().window == january.window
+
+
+def test_a_credit_in_another_currency_or_for_cash_is_refused_by_the_service(
+    catalog: dict[str, Any],
+) -> None:
+    from billing.exceptions import CreditCurrencyMismatch
+    from neruba.errors import ValidationFailed
+
+    customer = catalog["customer"]
+    with pytest.raises(CreditCurrencyMismatch) as refused:
+        credit_grant(
+            customer=customer,
+            amount=100,
+            reason_code="goodwill",
+            actor=None,
+            reason="x",
+            currency="XYZ",
+        )
+    assert refused.value.code == "credit_currency_mismatch"
+    assert refused.value.details == {"currency": "XYZ", "customer_currency": "USD"}
+    for cash in ("refund", "dispute"):
+        with pytest.raises(ValidationFailed) as not_credit:
+            credit_grant(customer=customer, amount=100, reason_code=cash, actor=None, reason="x")
+        assert "cash" in not_credit.value.message
+    assert not CreditEntry.objects.exists()
+    entry, created = credit_grant(
+        customer=customer,
+        amount=100,
+        reason_code="goodwill",
+        actor=None,
+        reason="x",
+        currency="usd",
+    )
+    assert created and entry.currency == "USD"

@@ -91,15 +91,53 @@ def test_a_caller_transaction_that_rolls_back_takes_the_claimed_keys_with_it(
 def test_prometheus_counters_count_items_per_outcome_and_rejections_per_code(
     meters: dict[str, Any], frozen: Any
 ) -> None:
-    accepted = sample("neruba_ingest_items_total", outcome="accepted")
-    failed = sample("neruba_ingest_items_total", outcome="failed")
-    unknown = sample("neruba_ingest_rejections_total", code="unknown_customer")
-    batches = sample("neruba_ingest_batch_size_count")
+    api = {"surface": "api"}
+    accepted = sample("neruba_ingest_items_total", outcome="accepted", **api)
+    failed = sample("neruba_ingest_items_total", outcome="failed", **api)
+    unknown = sample("neruba_ingest_rejections_total", code="unknown_customer", **api)
+    batches = sample("neruba_ingest_batch_size_count", **api)
+    lago = sample("neruba_ingest_items_total", outcome="accepted", surface="lago")
     events_ingest(payloads=[event("a"), event("b"), event("c", customer="nobody")], api_key=None)
-    assert sample("neruba_ingest_items_total", outcome="accepted") == accepted + 2
-    assert sample("neruba_ingest_items_total", outcome="failed") == failed + 1
-    assert sample("neruba_ingest_rejections_total", code="unknown_customer") == unknown + 1
-    assert sample("neruba_ingest_batch_size_count") == batches + 1
+    assert sample("neruba_ingest_items_total", outcome="accepted", **api) == accepted + 2
+    assert sample("neruba_ingest_items_total", outcome="failed", **api) == failed + 1
+    assert sample("neruba_ingest_rejections_total", code="unknown_customer", **api) == unknown + 1
+    assert sample("neruba_ingest_batch_size_count", **api) == batches + 1
+    assert sample("neruba_ingest_items_total", outcome="accepted", surface="lago") == lago
+
+
+def test_ingest_counters_are_labelled_by_the_surface_the_items_came_through(
+    meters: dict[str, Any], frozen: Any
+) -> None:
+    lago = {"outcome": "accepted", "surface": "lago"}
+    openmeter = {"outcome": "accepted", "surface": "openmeter"}
+    before = (
+        sample("neruba_ingest_items_total", **lago),
+        sample("neruba_ingest_items_total", **openmeter),
+    )
+    lago_item = {
+        "transaction_id": "lg-m",
+        "external_subscription_id": "acme",
+        "code": "api_calls",
+        "timestamp": int(NOW.timestamp()) - 60,
+    }
+    events_ingest(payloads=[lago_item], api_key=None, surface="lago")
+    om_item = {
+        "specversion": "1.0",
+        "id": "om-m",
+        "source": "svc",
+        "type": "api_calls",
+        "subject": "acme",
+    }
+    events_ingest(payloads=[om_item, {**om_item, "id": "om-n"}], api_key=None, surface="openmeter")
+    after = (
+        sample("neruba_ingest_items_total", **lago),
+        sample("neruba_ingest_items_total", **openmeter),
+    )
+    assert after == (before[0] + 1, before[1] + 2)
+    assert list(IngestBatch.objects.order_by("id").values_list("source", flat=True)) == [
+        "lago",
+        "openmeter",
+    ]
 
 
 # --- replay ----------------------------------------------------------------------------------

@@ -254,3 +254,70 @@ def test_the_explainer_answers_for_a_late_event(page: Any) -> None:
     page.click("#explain-steps a:has-text('Drift finding')")
     assert "View drift finding" in page.inner_text("#content")
     assert page.locator("a.guarded-object-action").count() == 0  # support cannot resolve it
+
+
+def test_finance_sees_a_refunded_and_lost_charge_as_cash_never_credit_and_closes_its_finding(
+    page: Any, settings: Any
+) -> None:
+    from django.test import Client
+
+    from billing.models import CreditEntry, PaymentFinding
+    from tests.webhooks.helpers import SECRET, delivery, invoice_event, make_invoice, post
+
+    settings.NERUBA = {**settings.NERUBA, "STRIPE_WEBHOOK_SECRETS": [SECRET]}
+    acme = Customer.objects.create(
+        external_id="acme-cash", name="Acme Cash", currency="USD", stripe_customer_id="cus_cash"
+    )
+    invoice = make_invoice(customer=acme, total=1900)
+    charge = stripe_object(
+        "charge",
+        id="ch_browser",
+        customer="cus_cash",
+        invoice=invoice.provider_invoice_id,
+        amount=1900,
+        amount_captured=1900,
+    )
+    refund = stripe_object("refund", id="re_browser", charge="ch_browser", amount=1900)
+    lost = stripe_object(
+        "dispute", id="dp_browser", charge="ch_browser", amount=1900, status="lost"
+    )
+    for body, signature in (
+        invoice_event(invoice, type="invoice.paid", amount_paid=1900),
+        delivery(charge, type="charge.succeeded"),
+        delivery(refund, type="refund.created"),
+        delivery(lost, type="charge.dispute.closed"),
+    ):
+        assert post(Client(), body, signature).status_code == 200
+    assert not CreditEntry.objects.exists()
+
+    login(page, "Finance")
+    page.goto(f"/admin/neruba/customer/{acme.pk}/change/")
+    assert "No credits." in page.inner_text("#hub-balance")
+    cash = page.inner_text("#hub-cash")
+    assert "19.00" in cash and "-19.00" in cash
+    replies = page.locator("textarea.support-message")
+    texts = [replies.nth(i).input_value() for i in range(replies.count())]
+    assert any("dispute closed: lost" in text for text in texts)
+    assert any("refund processed: 19.00 USD back to your card" in text for text in texts)
+    shot(page, "finance-hub-cash")
+    page.click("#hub-payment_findings a:has-text('ch_browser')")
+    page.wait_for_url("**/paymentfinding/*/change/")
+    detail = page.inner_text("#content")
+    assert "returned 38.00 of 19.00 USD: refunded and lost in dispute" in detail
+    page.click("a.guarded-object-action:has-text('Mark handled')")
+    assert "no balance moves" in page.inner_text(".guarded-preview")
+    message = confirm(page, "Chargeback accepted; refund stands")
+    shot(page, "finance-payment-finding-closed")
+    assert "1 done, 0 skipped, 0 failed." in message
+    assert PaymentFinding.objects.get().resolution == "handled"
+
+    page.goto(f"/admin/billing/invoice/{invoice.pk}/change/")
+    assert (
+        "charged 19.00, paid 19.00, refunded 19.00, lost in disputes 19.00, collected -19.00 USD"
+        in page.inner_text("#content")
+    )
+    shot(page, "finance-invoice-cash")
+    page.goto("/admin/billing/creditentry/?customer=acme-cash")
+    ledger = page.inner_text("#ledger-cash")
+    assert "0.00" in ledger and "-19.00" in ledger
+    shot(page, "finance-ledger-cash")

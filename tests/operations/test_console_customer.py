@@ -12,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from billing.ledger import credit_grant
-from billing.models import Dispute, Invoice, Refund
+from billing.models import Dispute, Invoice, PaymentCharge, PaymentFinding, Refund
 from ingest.models import UsageEvent
 from neruba.models import AuditEntry, SupportNote
 from operations.support_messages import TEMPLATES, runbook_markdown
@@ -52,6 +52,20 @@ def history(catalog: dict[str, Any]) -> dict[str, Any]:
         currency="usd",
         status="needs_response",
     )
+    charge = PaymentCharge.objects.create(
+        charge_id="ch_hub", customer=customer, invoice=invoice, currency="USD"
+    )
+    PaymentFinding.objects.create(
+        charge=charge,
+        customer=customer,
+        invoice=invoice,
+        currency="USD",
+        collected=500,
+        refunded=500,
+        disputed=500,
+        returned=1000,
+        detail="charge ch_hub returned 10.00 of 5.00 USD: refunded and lost in dispute",
+    )
     StripeEvent.objects.create(
         stripe_id="evt_hub",
         type="invoice.paid",
@@ -71,6 +85,8 @@ def test_the_customer_page_shows_every_part_of_the_customers_history(
     for panel in (
         "hub-usage",
         "hub-balance",
+        "hub-cash",
+        "hub-payment_findings",
         "hub-subscriptions",
         "hub-invoices",
         "hub-credits",
@@ -86,6 +102,7 @@ def test_the_customer_page_shows_every_part_of_the_customers_history(
         assert f'id="{panel}"' in html, panel
     assert history["invoice"].number in html
     assert "re_1" in html and "dp_1" in html and "evt_hub" in html
+    assert "charge ch_hub returned 10.00 of 5.00 USD: refunded and lost in dispute" in html
     assert "k-bad" in html and "unknown_metric" in html
     assert "2.50 USD" in html  # the credit balance
     assert f"/console/customers/{history['customer'].pk}/usage/" in html
@@ -249,7 +266,7 @@ def test_the_customer_page_renders_each_reply_template_filled_from_the_records(
     html = client_for(console_user, "Support").get(_customer_url(history)).content.decode()
     number = history["invoice"].number
     assert "we have added a credit of 2.50 USD to your account (a goodwill gesture)" in html
-    assert f"we have refunded 5.00 USD for invoice {number}" in html
+    assert f"refund processed: 5.00 USD back to your card for invoice {number}" in html
     assert f"dispute on invoice {number} for 7.00 USD" in html
 
 
@@ -280,6 +297,8 @@ def test_the_support_replies_runbook_is_generated_from_the_template_registry() -
         "credit_issued",
         "refund_processed",
         "dispute_opened",
+        "dispute_lost",
+        "dispute_closed",
         "invoice_corrected",
     }
 

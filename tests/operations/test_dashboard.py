@@ -91,3 +91,23 @@ def test_each_role_gets_its_own_shortcuts_and_the_explainer_box(console_user) ->
     assert "Release stale locks" in operations and "Dead Stripe events to replay" in operations
     finance = _home(console_user("Finance"))
     assert "Credit ledger (filter, export)" in finance and "Release stale locks" not in finance
+
+
+@pytest.mark.django_db
+def test_open_payment_findings_are_a_backlog_row_for_finance(console_user) -> None:
+    from billing.models import PaymentCharge, PaymentFinding
+
+    charge = PaymentCharge.objects.create(charge_id="ch_home", currency="USD")
+    PaymentFinding.objects.create(
+        charge=charge,
+        currency="USD",
+        collected=1900,
+        refunded=1900,
+        disputed=1900,
+        returned=3800,
+        detail="charge ch_home returned 38.00 of 19.00 USD: refunded and lost in dispute",
+    )
+    html = _home(console_user("Finance"))
+    row = html[html.index("Open payment findings") :]
+    assert '<td class="count">1</td>' in row[:300]
+    assert "/admin/billing/paymentfinding/?status__exact=open" in html

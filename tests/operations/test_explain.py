@@ -131,7 +131,8 @@ def test_a_late_event_billed_by_resolving_its_finding_names_the_rerun_invoice(
     finance = console_user("Finance")
     with time_machine.travel(FEB_LATER, tick=False):
         first = bill_january()
-        ingest(call("k-late"))
+        # Two late calls at half a cent each: the amount moves by a cent, so the rerun voids.
+        ingest(call("k-late"), call("k-late-2"))
         assert usage_drift_sweep(lease=None, since=FEB_LATER - timedelta(hours=1))["findings"]
         finding = DriftFinding.objects.get()
     with time_machine.travel(FEB_LATER + timedelta(hours=1), tick=False):
@@ -146,3 +147,42 @@ def test_a_late_event_billed_by_resolving_its_finding_names_the_rerun_invoice(
         f"Billed on invoice {new.number} after a rerun: the event arrived late; drift finding "
         f"#{finding.pk} is resolved (rerun)."
     )
+
+
+def test_a_billed_event_tells_the_cash_story_of_its_invoice(
+    catalog: dict[str, Any], console_user: Any
+) -> None:
+    from billing.models import Refund
+    from billing.payments import refund_record
+    from billing.services import invoice_mark_paid
+
+    with time_machine.travel(FEB_LATER, tick=False):
+        ingest(call("k-cash"))
+        invoice = bill_january()
+        invoice_mark_paid(invoice=invoice, actor=None, reason="wire")
+        refund_record(
+            stripe_refund_id="re_explain",
+            charge_id="ch_explain",
+            amount=633,
+            currency="usd",
+            status="succeeded",
+            reason="requested_by_customer",
+            stripe_created=None,
+            customer=invoice.customer,
+            invoice=invoice,
+            source="test",
+        )
+    invoice.refresh_from_db()
+    steps = {
+        s["title"]: s["detail"]
+        for s in explanation_dict(explain_key(idempotency_key="k-cash"))["steps"]
+    }
+    paid = f"{invoice.total / 100:.2f}"
+    collected = f"{(invoice.total - 633) / 100:.2f}"
+    assert steps["Payment"] == (
+        f"Invoice {invoice.number}: charged {paid}, paid {paid}, refunded 6.33, lost in disputes "
+        f"0.00, collected {collected} USD."
+    )
+    assert steps["Refund re_explain"] == "refund processed: 6.33 USD back to the card."
+    assert Refund.objects.get().invoice == invoice
+    assert not any("credit" in detail.lower() for detail in steps.values())

@@ -23,7 +23,7 @@ def _metrics_setting(token: str) -> dict[str, object]:
 
 @pytest.mark.django_db
 def test_metrics_output_parses_and_carries_neruba_counters_and_backlog_gauges() -> None:
-    INGEST_ITEMS.labels(outcome="accepted").inc(3)
+    INGEST_ITEMS.labels(outcome="accepted", surface="api").inc(3)
     StripeEvent.objects.create(
         stripe_id="evt_failed_1",
         type="invoice.paid",
@@ -38,7 +38,8 @@ def test_metrics_output_parses_and_carries_neruba_counters_and_backlog_gauges() 
     accepted = [
         v
         for name, labels, v in families["neruba_ingest_items"]
-        if name == "neruba_ingest_items_total" and labels == {"outcome": "accepted"}
+        if name == "neruba_ingest_items_total"
+        and labels == {"outcome": "accepted", "surface": "api"}
     ]
     assert accepted and accepted[0] >= 3
     backlog = {labels["status"]: v for _, labels, v in families["neruba_webhook_events_backlog"]}

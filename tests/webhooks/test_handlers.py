@@ -110,12 +110,13 @@ def refund_charge(customer_stripe_id: str, *, refund_id: str = "re_1", amount: i
 
 
 @pytest.mark.django_db
-def test_a_refund_records_the_refund_and_one_refund_credit_however_often_it_arrives(
+def test_a_refund_is_cash_on_its_invoice_and_never_credit_however_often_it_arrives(
     deliver: Any,
 ) -> None:
     invoice = make_invoice()
     customer = invoice.customer
     refund, charge = refund_charge(customer.stripe_customer_id)
+    charge["invoice"] = invoice.provider_invoice_id
 
     deliver(*delivery(charge, type="charge.refunded", id="evt_refunded", created=NOW - 5))
     deliver(*delivery(refund, type="charge.refund.updated", id="evt_ref_upd", created=NOW))
@@ -124,25 +125,31 @@ def test_a_refund_records_the_refund_and_one_refund_credit_however_often_it_arri
     stored = Refund.objects.get(stripe_refund_id="re_1")
     assert (stored.amount, stored.currency, stored.status) == (1500, "USD", "succeeded")
     assert stored.customer == customer and stored.charge_id == "ch_refunded"
-    credits = CreditEntry.objects.filter(customer=customer)
-    assert list(credits.values_list("amount", "reason_code", "source_key")) == [
-        (1500, "refund", "refund:re_1")
-    ]
+    assert stored.invoice == invoice
+    assert not CreditEntry.objects.filter(customer=customer).exists()
+    invoice.refresh_from_db()
+    assert (invoice.amount_refunded, invoice.amount_disputed) == (1500, 0)
     assert {status_of(e) for e in ("evt_refunded", "evt_ref_upd", "evt_refunded_again")} == {
         "processed"
     }
 
 
 @pytest.mark.django_db
-def test_a_refund_that_later_fails_is_reversed_once(deliver: Any) -> None:
-    customer = factories.CustomerFactory(external_id="rf", stripe_customer_id="cus_rf")
-    refund, charge = refund_charge("cus_rf", refund_id="re_fails")
+def test_a_refund_that_later_fails_comes_off_the_invoice_and_no_credit_moves(
+    deliver: Any,
+) -> None:
+    invoice = make_invoice()
+    refund, charge = refund_charge(invoice.customer.stripe_customer_id, refund_id="re_fails")
+    charge["invoice"] = invoice.provider_invoice_id
     deliver(*delivery(charge, type="charge.refunded", created=NOW - 5))
+    invoice.refresh_from_db()
+    assert invoice.amount_refunded == 1500
     failed = {**refund, "status": "failed"}
     deliver(*delivery(failed, type="charge.refund.updated", created=NOW))
     deliver(*delivery(failed, type="charge.refund.updated", created=NOW))
-    amounts = sorted(CreditEntry.objects.filter(customer=customer).values_list("amount", flat=True))
-    assert amounts == [-1500, 1500]
+    invoice.refresh_from_db()
+    assert (invoice.amount_refunded, invoice.amount_collected) == (0, 0)
+    assert not CreditEntry.objects.exists()
     assert Refund.objects.get(stripe_refund_id="re_fails").status == "failed"
 
 
@@ -159,11 +166,19 @@ def dispute(status: str, charge_id: str = "ch_disputed") -> dict[str, Any]:
 
 
 @pytest.mark.django_db
-def test_a_lost_dispute_ends_with_one_dispute_credit_and_never_reopens(deliver: Any) -> None:
+def test_a_lost_dispute_is_cash_on_its_invoice_never_credit_and_never_reopens(
+    deliver: Any,
+) -> None:
     invoice = make_invoice()
     customer = invoice.customer
     # The charge is known from an earlier event about it.
-    charge = stripe_object("charge", id="ch_disputed", customer=customer.stripe_customer_id)
+    charge = stripe_object(
+        "charge",
+        id="ch_disputed",
+        customer=customer.stripe_customer_id,
+        invoice=invoice.provider_invoice_id,
+        amount=5000,
+    )
     deliver(*delivery(charge, type="charge.succeeded", id="evt_charge", created=NOW - 100))
 
     deliver(*delivery(dispute("needs_response"), type="charge.dispute.created", created=NOW - 90))
@@ -184,9 +199,10 @@ def test_a_lost_dispute_ends_with_one_dispute_credit_and_never_reopens(deliver: 
     record = Dispute.objects.get(stripe_dispute_id="dp_1")
     assert record.status == "lost" and record.closed_at is not None
     assert record.customer == customer
-    assert list(
-        CreditEntry.objects.filter(customer=customer).values_list("amount", "reason_code")
-    ) == [(5000, "dispute")]
+    assert record.invoice == invoice
+    assert not CreditEntry.objects.exists()
+    invoice.refresh_from_db()
+    assert (invoice.amount_disputed, invoice.amount_refunded) == (5000, 0)
     assert status_of("evt_late") == "processed"
 
 

@@ -13,8 +13,8 @@ class Migration(migrations.Migration):
     """Support may void or amend usage events; every role sees backfills and corrections."""
 
     dependencies = [
-        ("operations", "0003_roles_export"),
-        ("ingest", "0007_i17_backfills_corrections"),
+        ("operations", "0004_i12_roles_payment_findings"),
+        ("ingest", "0008_i17_backfills_corrections"),
     ]
 
     operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]

@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ingest", "0006_event_fillfactor_reset"),
+        ("ingest", "0007_i19_rejection_surface"),
         ("neruba", "0003_audit_export_permission"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
