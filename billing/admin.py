@@ -13,6 +13,7 @@ from billing import payments, services
 from billing.models import (
     GRANTABLE,
     BillingRun,
+    BillingShard,
     BillingWindow,
     CreditEntry,
     Dispute,
@@ -352,8 +353,41 @@ class BillingWindowAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin
     object_actions = ["rerun_windows"]
 
 
+class BillingShardInline(admin.TabularInline):
+    """A fanned-out run's shards: which customer range, which worker, how far, what failed."""
+
+    model = BillingShard
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "shards (fanned-out runs: one customer-id range per Celery task)"
+    fields = [
+        "index",
+        "customer_from",
+        "customer_to",
+        "status",
+        "attempts",
+        "holder",
+        "scanned",
+        "invoiced",
+        "already_invoiced",
+        "failed",
+        "invoiced_amount",
+        "started_at",
+        "finished_at",
+        "errors",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(BillingRun, site=console)
 class BillingRunAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    inlines = [BillingShardInline]
     list_display = [
         "id",
         "trigger",

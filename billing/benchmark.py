@@ -20,6 +20,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, connections, transaction
 
 from billing import services
+from billing import shards as billing_shards
 from billing.models import (
     BillingRun,
     BillingWindow,
@@ -39,6 +40,8 @@ PREFIX = "bench-"
 PERIOD_START = datetime(2020, 1, 1, tzinfo=UTC)
 PERIOD_END = datetime(2020, 2, 1, tzinfo=UTC)
 TARGET_RATIO = 2.0
+# Two workers against one, windows/s of a fanned-out pass (DESIGN: "What fast means").
+TARGET_SPEEDUP = 1.4
 
 _EVENTS_SQL = """
 INSERT INTO ingest_usageevent (
@@ -78,6 +81,12 @@ def add_arguments(parser: CommandParser) -> None:
         help="Event count of the first (smaller) size; default a quarter of --events.",
     )
     parser.add_argument("--batch-size", type=int, default=services.DEFAULT_BATCH)
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="Also bill the larger size fanned out into shards, one process per shard, for each "
+        "of these worker counts (e.g. 1,2): the windows/s curve.",
+    )
     parser.add_argument("--keep", action="store_true", help="Leave the generated data.")
 
 
@@ -286,6 +295,80 @@ def _one_size(
     }
 
 
+def _billing_reset() -> None:
+    """Takes back what a pass wrote for the bench customers (invoices and their rows, windows,
+    watermarks), so the next pass bills the same windows again."""
+    customers = Customer.objects.filter(external_id__startswith=PREFIX)
+    invoices = Invoice.objects.filter(customer__in=customers)
+    with transaction.atomic():
+        CreditEntry.objects.filter(customer__in=customers).delete()
+        ProviderSync.objects.filter(invoice__in=invoices).delete()
+        InvoiceLine.objects.filter(invoice__in=invoices).delete()
+        invoices.update(supersedes=None)
+        invoices.delete()
+        BillingWindow.objects.filter(subscription__customer__in=customers).delete()
+        InvoicedWatermark.objects.filter(customer__in=customers).delete()
+    server_settle(Invoice._meta.db_table, InvoiceLine._meta.db_table, BillingWindow._meta.db_table)
+
+
+def _fanout_pass(*, as_of: datetime, workers: int, batch_size: int) -> tuple[float, int, int]:
+    """A fanned-out pass: the scan's shards (one per worker), each billed by its own forked
+    process calling the shard service, the body of the ``billing.shard`` task (no broker in
+    between, so only billing is measured). Returns (seconds, windows invoiced, failed)."""
+    cutoff = services.billing_cutoff(as_of=as_of)
+    services.windows_generate(through=cutoff)
+    run = BillingRun.objects.create(trigger="command", holder=f"{PREFIX}fanout", as_of=as_of)
+    shards = billing_shards.shards_create(run=run, cutoff=cutoff, shards=workers, enqueue=False)
+    connections.close_all()
+    clock = time.perf_counter()
+    pids = []
+    for shard in shards:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                billing_shards.shard_bill(shard_id=shard.pk, batch_size=batch_size)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                connections.close_all()
+                os._exit(code)
+        pids.append(pid)
+    failed_processes = sum(1 for pid in pids if os.waitpid(pid, 0)[1] != 0)
+    elapsed = time.perf_counter() - clock
+    run.refresh_from_db()
+    return elapsed, run.invoiced, run.failed + failed_processes
+
+
+def _curve(command: BaseCommand, *, workers: list[int], batch_size: int, floor: float) -> bool:
+    out = command.stdout
+    as_of = PERIOD_END + timedelta(seconds=settings.NERUBA["NERUBA_BILLING_GRACE"] + 1)
+    rates: dict[int, float] = {}
+    ok = True
+    for count in workers:
+        _billing_reset()
+        seconds, invoiced, failed = _fanout_pass(as_of=as_of, workers=count, batch_size=batch_size)
+        rates[count] = invoiced / seconds if seconds else 0.0
+        ok = ok and failed == 0
+        extra = f"; / (GROUP BY + floor) = {seconds / floor:.2f}x" if count == 1 else ""
+        out.write(
+            f"  fanned out, {count} worker(s): {seconds:.2f}s for {invoiced:,} windows = "
+            f"{rates[count]:,.0f} windows/s (failed {failed}){extra}"
+        )
+    if 1 in rates and len(rates) > 1:
+        for count, rate in rates.items():
+            if count > 1:
+                speedup = rate / rates[1] if rates[1] else 0.0
+                met = speedup >= TARGET_SPEEDUP
+                ok = ok and met
+                out.write(
+                    f"  {count} workers / 1 worker = {speedup:.2f}x the windows/s "
+                    f"(target >= {TARGET_SPEEDUP}x): {'ok' if met else 'MISSED'}"
+                )
+    return ok
+
+
 def run(command: BaseCommand, **options: Any) -> bool:
     if connection.vendor != "postgresql":
         command.stderr.write("benchmark billing needs PostgreSQL (set DATABASE_URL).")
@@ -305,6 +388,20 @@ def run(command: BaseCommand, **options: Any) -> bool:
                     events=events,
                     batch_size=options["batch_size"],
                 )
+            )
+        curve_ok = True
+        if options["workers"]:
+            try:
+                workers = [int(w) for w in options["workers"].split(",") if w.strip()]
+            except ValueError:
+                command.stderr.write("--workers takes comma-separated numbers, e.g. 1,2")
+                return False
+            command.stdout.write(f"fan-out curve at {big:,} events: workers {workers}")
+            curve_ok = _curve(
+                command,
+                workers=workers,
+                batch_size=options["batch_size"],
+                floor=results[-1]["floor"],
             )
     finally:
         if not options["keep"]:
@@ -329,4 +426,4 @@ def run(command: BaseCommand, **options: Any) -> bool:
         f"{second['events'] / first['events']:.0f}x the events "
         f"(growth {growth:+.0f} MB): {'flat' if ok_memory else 'GROWS'}"
     )
-    return ok_ratio and ok_memory and ok_billed
+    return ok_ratio and ok_memory and ok_billed and curve_ok

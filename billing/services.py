@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -223,6 +224,7 @@ def metric_for_code(code: str) -> Metric:
 # --- billing windows, runs and invoices ------------------------------------------------------
 
 BILLING_LOCK = "billing-scan"
+SHARD_UNFINISHED = ("pending", "running")
 DEFAULT_CHUNK = 10000
 DEFAULT_BATCH = 1000
 
@@ -477,6 +479,23 @@ def _numbers_take(*, count: int, at: datetime) -> list[str]:
     return [f"{name}-{n:06d}" for n in range(first, first + count)]
 
 
+def _numbers_assign(*, invoice_ids: list[int], at: datetime) -> list[str]:
+    """Numbers ``invoice_ids`` (written under placeholders) in one UPDATE, in id order."""
+    numbers = _numbers_take(count=len(invoice_ids), at=at)
+    table = Invoice._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {table} SET number = u.n FROM unnest(%s::bigint[], %s::varchar[]) "  # noqa: S608
+                "AS u(i, n) WHERE id = u.i",
+                [invoice_ids, numbers],
+            )
+        else:
+            for pk, number in zip(invoice_ids, numbers, strict=True):
+                cursor.execute(f"UPDATE {table} SET number = %s WHERE id = %s", [number, pk])  # noqa: S608
+    return numbers
+
+
 def _balances(*, customer_ids: set[int], lock: bool) -> dict[tuple[int, str], int]:
     rows = (
         CreditEntry.objects.filter(customer_id__any=list(customer_ids))
@@ -586,14 +605,25 @@ def _invoices_write(
     run: BillingRun | None,
     kind: str = "regular",
     supersedes: dict[int, Invoice] | None = None,
+    late_numbers: bool = False,
 ) -> list[Issued]:
     """Writes finalized invoices for ``drafts`` in the caller's transaction: fence, gapless
     numbers, lines, credit consumption, the provider outbox row, window status and the ingest
-    watermark. The partial unique constraint raises IntegrityError for a window already billed."""
+    watermark. The partial unique constraint raises IntegrityError for a window already billed.
+
+    The gapless counter row stays locked from the moment numbers are taken until the commit.
+    ``late_numbers`` (shards billed in parallel) takes them last: the invoices are written
+    under placeholder numbers, then numbered by one UPDATE just before the commit, so parallel
+    shards queue on the counter only for that statement and the commit, not for their whole
+    batch."""
     if lease is not None:
         lock_assert_held(lease=lease)
     now = timezone.now()
-    numbers = _numbers_take(count=len(drafts), at=now)
+    if late_numbers:
+        placeholder = f"~{uuid.uuid4().hex[:24]}"
+        numbers = [f"{placeholder}-{i}" for i in range(len(drafts))]
+    else:
+        numbers = _numbers_take(count=len(drafts), at=now)
     balances = _balances(customer_ids={d.window.customer_id for d in drafts}, lock=True)
     provider = _provider_name()
     run_id = run.pk if run is not None else None
@@ -656,6 +686,9 @@ def _invoices_write(
         columns=_SYNC_COLUMNS,
         rows=[(invoice_id, push, pending, 0, now, "", now) for invoice_id in ids],
     )
+    if late_numbers:
+        numbers = _numbers_assign(invoice_ids=ids, at=now)
+        invoices = [(number, *row[1:]) for number, row in zip(numbers, invoices, strict=True)]
     if consumptions:
         CreditEntry.objects.bulk_create(
             [
@@ -704,9 +737,12 @@ def window_bill(
 def _runs_abandon(*, current: BillingRun) -> None:
     """Runs still marked running when we hold the lock lost it (killed, stopped): their lease
     expired, so they are over."""
+    # A fanned-out run is over when its shards are, whoever holds the scan lease.
     BillingRun.objects.filter(status=BillingRun.Status.RUNNING, dry_run=False).exclude(
         pk=current.pk
-    ).update(status=BillingRun.Status.ABANDONED, finished_at=timezone.now())
+    ).exclude(shards__status__in=SHARD_UNFINISHED).update(
+        status=BillingRun.Status.ABANDONED, finished_at=timezone.now()
+    )
 
 
 def _window_failed(*, run: BillingRun, window_id: int | None, exc: Exception, record: bool) -> None:
@@ -720,14 +756,18 @@ def _window_failed(*, run: BillingRun, window_id: int | None, exc: Exception, re
         )
 
 
-def _batch_bill(*, run: BillingRun, lease: Lease | None, drafts: list[InvoiceDraft]) -> None:
+def _batch_bill(
+    *, run: BillingRun, lease: Lease | None, drafts: list[InvoiceDraft], late_numbers: bool = False
+) -> None:
     """Bills a batch of windows in one fenced transaction; if anything in it fails (a window
     billed meanwhile, a bad price) the batch is retried one window per transaction so each
     window gets its own outcome. LockLost is never swallowed: the scan must stop."""
     if len(drafts) > 1:
         try:
             with transaction.atomic():
-                invoices = _invoices_write(drafts=drafts, lease=lease, run=run)
+                invoices = _invoices_write(
+                    drafts=drafts, lease=lease, run=run, late_numbers=late_numbers
+                )
         except LockLost:
             raise
         except Exception:
@@ -741,7 +781,9 @@ def _batch_bill(*, run: BillingRun, lease: Lease | None, drafts: list[InvoiceDra
     for draft in drafts:
         try:
             with transaction.atomic():
-                invoice = _invoices_write(drafts=[draft], lease=lease, run=run)[0]
+                invoice = _invoices_write(
+                    drafts=[draft], lease=lease, run=run, late_numbers=late_numbers
+                )[0]
         except LockLost:
             raise
         except IntegrityError:

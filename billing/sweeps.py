@@ -13,7 +13,7 @@ from django.utils import timezone
 from billing.drift import usage_drift_sweep
 from billing.models import BillingRun, BillingWindow, ProviderSync
 from billing.reconcile import reconciliation_sweep
-from billing.services import BILLING_LOCK, SYNC_MAX_ATTEMPTS, provider_sync_send
+from billing.services import BILLING_LOCK, SHARD_UNFINISHED, SYNC_MAX_ATTEMPTS, provider_sync_send
 from neruba.fencing import fenced, lease_renew
 from neruba.locks import Lease
 from neruba.models import SchedulerLock
@@ -55,6 +55,9 @@ def stuck_runs_sweep(
         )
         if live_token is not None:
             stuck = stuck.exclude(dry_run=False, token=live_token)
+        # A fanned-out run released the scan lease; it lives while its shards do (each under
+        # its own lease, redelivered by the broker if its worker dies).
+        stuck = stuck.exclude(shards__status__in=SHARD_UNFINISHED)
         run_ids = list(stuck.values_list("pk", flat=True))
         windows = BillingWindow.objects.filter(status=BillingWindow.Status.BILLING).filter(
             Q(claimed_by_run__isnull=True)

@@ -4,6 +4,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
@@ -12,6 +14,7 @@ from ingest.exceptions import ReplayFailed
 from ingest.models import (
     Backfill,
     EventCorrection,
+    EventKey,
     IngestBatch,
     IngestRejection,
     Metric,
@@ -178,7 +181,7 @@ class UsageEventAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["late", "source", "metric"]
     actions = [void_events, amend_event]
     object_actions = ["void_events", "amend_event"]
-    # Exact match only: a LIKE over the whole table would scan it; the key is unique-indexed.
+    # Exact match only, through the key registry (see get_search_results).
     search_fields = ["=idempotency_key"]
     search_help_text = "Exact idempotency key."
     list_select_related = ["customer", "metric"]
@@ -247,6 +250,20 @@ class UsageEventAdmin(GuardedAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             "<th>value</th><th>counted as</th></tr></thead><tbody>{}</tbody></table>",
             rows,
         )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[UsageEvent], search_term: str
+    ) -> tuple[QuerySet[UsageEvent], bool]:
+        # The events table has no index on the key (on PostgreSQL it is partitioned by month and
+        # the key registry is where keys are unique): look the key up there, then read the one
+        # partition its timestamp names.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        found = EventKey.objects.filter(idempotency_key=term).first()
+        if found is None:
+            return queryset.none(), False
+        return queryset.filter(pk=found.event_id, timestamp=found.timestamp), False
 
     @admin.display(description="batch")
     def batch_link(self, obj: UsageEvent) -> str:

@@ -268,12 +268,24 @@ class EventHistoryOutput(serializers.Serializer):
     error = serializers.DictField(allow_null=True)
 
 
+class ArchivedEventOutput(serializers.Serializer):
+    event_id = serializers.IntegerField()
+    timestamp = serializers.DateTimeField()
+    month = serializers.CharField(help_text="The archived month, YYYY-MM.")
+    archived_at = serializers.DateTimeField()
+
+
 class EventDetailApi(ScopedApi):
     required_scopes = {"GET": "read"}
 
     class Output(serializers.Serializer):
         idempotency_key = serializers.CharField()
         event = StoredEventOutput(allow_null=True)
+        archived = ArchivedEventOutput(
+            allow_null=True,
+            help_text="Set when the event's month was archived: the event left the live store, "
+            "its key is still refused.",
+        )
         duplicate_count = serializers.IntegerField()
         last_duplicate_at = serializers.DateTimeField(allow_null=True)
         history = EventHistoryOutput(many=True)

@@ -30,7 +30,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, connections
 
-from ingest.models import IngestBatch, IngestRejection, Metric, UsageEvent
+from ingest.models import EventKey, IngestBatch, IngestRejection, Metric, UsageEvent
 from ingest.validation import canonical_hash, properties_json
 from neruba import services as kernel_services
 from neruba.benchmarking import percentile, psycopg_dsn, run_clients, server_settle, split
@@ -102,8 +102,13 @@ def _raw_phase(batches: list[list[tuple[Any, ...]]], clients: int) -> tuple[floa
     table = UsageEvent._meta.db_table
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {SCRATCH}")
-        # A copy with the same indexes, defaults and foreign keys: only the stack differs.
+        # A plain table with the same indexes, defaults and foreign keys as the store, and the
+        # unique key a plain table keeps itself: only the stack (and, on PostgreSQL, the
+        # partitioning with its key registry) differs.
         cursor.execute(f"CREATE TABLE {SCRATCH} (LIKE {table} INCLUDING ALL)")
+        cursor.execute(
+            f"ALTER TABLE {SCRATCH} ADD CONSTRAINT {SCRATCH}_key UNIQUE (idempotency_key)"
+        )
         cursor.execute(
             f"ALTER TABLE {SCRATCH} ADD FOREIGN KEY (customer_id) REFERENCES "
             f"{Customer._meta.db_table} (id) DEFERRABLE INITIALLY DEFERRED, "
@@ -584,7 +589,10 @@ def _cleanup(prefix: str, api_key: ApiKey, customers: list[Customer], metrics: l
     connections.close_all()
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {SCRATCH}")
-    _, per_model = UsageEvent.objects.filter(customer__in=customers).delete()  # and counters
+    events = UsageEvent.objects.filter(customer__in=customers)
+    # The benchmark's own keys leave the registry with its events (nothing else ever does).
+    EventKey.objects.filter(event_id__in=events.values("id")).delete()
+    _, per_model = events.delete()  # and counters
     IngestRejection.objects.filter(batch__api_key=api_key).delete()
     IngestBatch.objects.filter(api_key=api_key).delete()
     Customer.objects.filter(pk__in=[c.pk for c in customers]).delete()

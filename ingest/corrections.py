@@ -22,7 +22,15 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ingest.exceptions import EventAlreadyVoided, EventNotCorrectable
-from ingest.models import EventCorrection, InvoicedWatermark, Metric, UsageEvent
+from ingest.models import (
+    EventArchive,
+    EventCorrection,
+    EventKey,
+    InvoicedWatermark,
+    Metric,
+    UsageEvent,
+)
+from ingest.partitions import month_of
 from ingest.validation import canonical_hash, extract_value, properties_json
 from neruba import audit
 from neruba.errors import NotFound, ValidationFailed
@@ -30,12 +38,26 @@ from neruba.models import ApiKey, Customer
 
 
 def event_for_key(*, idempotency_key: str) -> UsageEvent:
-    event = (
-        UsageEvent.objects.select_related("customer", "metric")
-        .filter(idempotency_key=idempotency_key)
-        .first()
-    )
+    # Through the key registry: it names the event's id and month, so the lookup reads one
+    # partition (the events table has no index on the key). A registered key whose event is
+    # not in the live table belongs to an archived month: nothing there can be corrected.
+    registered = EventKey.objects.filter(idempotency_key=idempotency_key).first()
+    event = None
+    if registered is not None:
+        event = (
+            UsageEvent.objects.select_related("customer", "metric")
+            .filter(pk=registered.event_id, timestamp=registered.timestamp)
+            .first()
+        )
     if event is None:
+        if (
+            registered is not None
+            and EventArchive.objects.filter(month=month_of(registered.timestamp)).exists()
+        ):
+            raise EventNotCorrectable(
+                "The event's month is archived: it can no longer be corrected.",
+                details={"idempotency_key": idempotency_key, "archived": True},
+            )
         raise NotFound("No stored event has that idempotency key.")
     return event
 
@@ -83,12 +105,13 @@ def _lock_counted(event: UsageEvent) -> tuple[UsageEvent, UsageEvent | None]:
             details={"event_id": event.pk, "amends": event.amends_id},
         )
     original = UsageEvent.objects.select_for_update().select_related("customer", "metric")
-    original_row = original.get(pk=event.pk)
+    # The timestamp names the event's partition (amendments share the original's timestamp).
+    original_row = original.get(pk=event.pk, timestamp=event.timestamp)
     if original_row.voided_at is None:
         return original_row, original_row
     current = (
         UsageEvent.objects.select_for_update()
-        .filter(amends=original_row, voided_at__isnull=True)
+        .filter(amends=original_row, timestamp=original_row.timestamp, voided_at__isnull=True)
         .order_by("-id")
         .first()
     )
@@ -105,7 +128,7 @@ def event_void(*, event: UsageEvent, actor: audit.Actor | ApiKey, reason: str) -
             raise EventAlreadyVoided(details={"idempotency_key": original.idempotency_key})
         now = timezone.now()
         before = _snapshot(row)
-        UsageEvent.objects.filter(pk=row.pk).update(voided_at=now)
+        UsageEvent.objects.filter(pk=row.pk, timestamp=row.timestamp).update(voided_at=now)
         late = row.late or period_invoiced(row.customer_id, row.timestamp)
         correction = EventCorrection.objects.create(
             event=original,
@@ -166,7 +189,7 @@ def event_amend(
         now = timezone.now()
         before = _snapshot(row)
         late = row.late or period_invoiced(row.customer_id, row.timestamp)
-        UsageEvent.objects.filter(pk=row.pk).update(voided_at=now)
+        UsageEvent.objects.filter(pk=row.pk, timestamp=row.timestamp).update(voided_at=now)
         replacement = UsageEvent.objects.create(
             idempotency_key=None,
             customer_id=original.customer_id,

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from ingest.models import UsageEvent
+from ingest.models import EventKey
 from ingest.services import events_ingest
 
 FIRST_KEY = "demo-evt-0000"
@@ -32,7 +32,7 @@ def seed_events(events: int = 400) -> dict[str, int]:
     re-sends some (duplicates), one with a changed payload (a conflict) and a few bad items
     (unknown customer and metric, a non-numeric value, a timestamp too old). Returns the
     outcome counts (``events_<outcome>``); all zero when the demo stream is already there."""
-    if UsageEvent.objects.filter(idempotency_key=FIRST_KEY).exists():
+    if EventKey.objects.filter(idempotency_key=FIRST_KEY).exists():
         return dict.fromkeys(
             ("events_accepted", "events_duplicate", "events_conflict", "events_failed"), 0
         )

@@ -63,3 +63,8 @@ class EventAlreadyVoided(Conflict):
 class EventNotCorrectable(Conflict):
     code = "event_not_correctable"
     message = "This event cannot be corrected."
+
+
+class ArchiveRefused(Conflict):
+    code = "archive_refused"
+    message = "This month cannot be archived."

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from neruba.models import ApiKey, Customer
@@ -120,6 +122,8 @@ class UsageEvent(models.Model):
     voided_at = models.DateTimeField(null=True, blank=True)
     # On an amendment's row: the keyed event it amends (every amendment points at the original).
     # Indexed only where set (below): a plain index would cost every ingested event a write.
+    # No database constraint: on PostgreSQL the events table is partitioned and its key is
+    # (id, timestamp), so nothing can reference the id alone (PROTECT is kept by Django).
     amends = models.ForeignKey(
         "self",
         null=True,
@@ -127,6 +131,7 @@ class UsageEvent(models.Model):
         on_delete=models.PROTECT,
         related_name="amendments",
         db_index=False,
+        db_constraint=False,
     )
 
     class Meta:
@@ -154,9 +159,63 @@ class UsageEvent(models.Model):
             return f"amendment {self.pk} of event {self.amends_id}"
         return self.idempotency_key
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """An event saved through the ORM (fixtures, tests, scripts; ingest writes by SQL)
+        registers its key in the same transaction, so the registry stays the whole truth."""
+        adding = self._state.adding
+        with transaction.atomic():
+            super().save(*args, **kwargs)
+            # An amendment's row has no key of its own (the original keeps it): it claims none.
+            if adding and self.idempotency_key is not None:
+                EventKey.objects.create(
+                    idempotency_key=self.idempotency_key,
+                    event_id=self.pk,
+                    timestamp=self.timestamp,
+                    payload_hash=self.payload_hash,
+                )
+
     @property
     def counted(self) -> bool:
         return self.voided_at is None
+
+
+class EventKey(models.Model):
+    """The key registry: one narrow row per idempotency key ever stored, kept forever.
+
+    On PostgreSQL usage events are range-partitioned by month on their timestamp, and a unique
+    index on a partitioned table must include the partition key: the events table alone could
+    only keep a key unique within its month. This table is where a key is claimed (ingest's
+    ``INSERT … ON CONFLICT`` runs against its primary key, in the same statement that stores
+    the event), where a duplicate or a conflict is told apart (by ``payload_hash``), and where
+    a lookup by key learns the event's id and month, so it reads one partition. It outlives
+    archival: an archived month's keys stay here, and stay refused. SQLite keeps a plain events
+    table with its own unique key; this registry is written there too so reads are the same."""
+
+    idempotency_key = models.CharField(max_length=255, primary_key=True)
+    event_id = models.BigIntegerField()
+    timestamp = models.DateTimeField()
+    payload_hash = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return self.idempotency_key
+
+
+class EventArchive(models.Model):
+    """A month of events detached from the partitioned table and exported (``manage.py
+    archive_events``). Its keys stay in EventKey; lookups answer "archived"."""
+
+    month = models.DateField(unique=True, help_text="First day of the archived month (UTC).")
+    events = models.BigIntegerField(default=0)
+    path = models.CharField(max_length=500, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    bytes = models.BigIntegerField(default=0)
+    archived_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-month"]
+
+    def __str__(self) -> str:
+        return f"{self.month:%Y-%m} ({self.events} events)"
 
 
 class EventDuplicates(models.Model):
@@ -165,8 +224,14 @@ class EventDuplicates(models.Model):
     new version of it (and an entry in every index), so a batch of duplicates would cost more
     than a batch of new events. This narrow row has one index."""
 
+    # No database constraint: on PostgreSQL events are partitioned by month and their primary
+    # key is (id, timestamp), so nothing can reference the id alone (see EventKey).
     event = models.OneToOneField(
-        UsageEvent, primary_key=True, on_delete=models.CASCADE, related_name="duplicates"
+        UsageEvent,
+        primary_key=True,
+        on_delete=models.CASCADE,
+        related_name="duplicates",
+        db_constraint=False,
     )
     count = models.PositiveIntegerField(default=0)
     last_at = models.DateTimeField()
@@ -200,8 +265,14 @@ class IngestRejection(models.Model):
     # How the raw payload is written (api, openmeter, lago): a replay parses it the same way.
     surface = models.CharField(max_length=20, default="api")
     raw_payload = models.JSONField()
+    # No database constraint: events are partitioned on PostgreSQL (see EventDuplicates.event).
     original_event = models.ForeignKey(
-        UsageEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="conflicts"
+        UsageEvent,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="conflicts",
+        db_constraint=False,
     )
     differing_fields = models.JSONField(default=list, blank=True)
     replay_attempts = models.PositiveIntegerField(default=0)
@@ -277,10 +348,17 @@ class EventCorrection(models.Model):
         VOID = "void"
         AMEND = "amend"
 
+    # The event references carry no database constraint: the partitioned events table has no
+    # unique id alone to reference, and archival detaches a month whose corrections stay here
+    # (the history then says the event was archived). PROTECT is still kept by Django.
     # The keyed event the correction is about (an amendment of an amendment still names it).
-    event = models.ForeignKey(UsageEvent, on_delete=models.PROTECT, related_name="corrections")
+    event = models.ForeignKey(
+        UsageEvent, on_delete=models.PROTECT, related_name="corrections", db_constraint=False
+    )
     # The row this correction stopped counting: the event, or the amendment that replaced it.
-    excluded = models.ForeignKey(UsageEvent, on_delete=models.PROTECT, related_name="+")
+    excluded = models.ForeignKey(
+        UsageEvent, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
     # The row counted instead (amendments only).
     replacement = models.OneToOneField(
         UsageEvent,
@@ -288,6 +366,7 @@ class EventCorrection(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="amendment_record",
+        db_constraint=False,
     )
     kind = models.CharField(max_length=10, choices=Kind.choices)
     reason = models.TextField()

@@ -4,23 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.models import EventCorrection, EventDuplicates, IngestRejection, Outcome, UsageEvent
+from ingest.models import (
+    EventArchive,
+    EventCorrection,
+    EventDuplicates,
+    EventKey,
+    IngestRejection,
+    Outcome,
+    UsageEvent,
+)
+from ingest.partitions import month_of
 
 
 def event_history(*, idempotency_key: str) -> dict[str, Any] | None:
     """The stored event for a key (if any) and every outcome it had: accepted or replay from
     the event row, conflicts and failures from the rejections with that key. Duplicates are
     counted per event (``duplicate_count``, ``last_duplicate_at``), not listed one by one.
-    ``None`` when the key was never seen (or its rejections were pruned)."""
-    event = (
-        UsageEvent.objects.select_related("customer", "metric")
-        .filter(idempotency_key=idempotency_key)
-        .first()
-    )
+    ``None`` when the key was never seen (or its rejections were pruned). ``archived`` says
+    where an event of an archived month went."""
+    event, archived = None, None
+    # The key registry knows the event's id and month: the lookup reads one partition. A key
+    # registered whose event is not in the live table belongs to an archived month.
+    registered = EventKey.objects.filter(idempotency_key=idempotency_key).first()
+    if registered is not None:
+        event = (
+            UsageEvent.objects.select_related("customer", "metric")
+            .filter(pk=registered.event_id, timestamp=registered.timestamp)
+            .first()
+        )
+        if event is None:
+            archived = EventArchive.objects.filter(month=month_of(registered.timestamp)).first()
     rejections = list(
         IngestRejection.objects.filter(idempotency_key=idempotency_key).order_by("created_at", "id")
     )
-    if event is None and not rejections:
+    if event is None and archived is None and not rejections:
         return None
     history: list[dict[str, Any]] = []
     if event is not None:
@@ -75,6 +92,16 @@ def event_history(*, idempotency_key: str) -> dict[str, Any] | None:
     return {
         "idempotency_key": idempotency_key,
         "event": event,
+        # The month's archive when the event was archived (its key stays refused).
+        "archived": None
+        if archived is None
+        else {
+            "event_id": registered.event_id if registered else None,
+            "timestamp": registered.timestamp if registered else None,
+            "month": f"{archived.month:%Y-%m}",
+            "archived_at": archived.archived_at,
+            "path": archived.path,
+        },
         "duplicate_count": counter.count if counter else 0,
         "last_duplicate_at": counter.last_at if counter else None,
         "history": history,

@@ -21,6 +21,7 @@ from ingest.models import (
     Aggregation,
     Backfill,
     EventDuplicates,
+    EventKey,
     IngestBatch,
     IngestRejection,
     InvoicedWatermark,
@@ -28,6 +29,7 @@ from ingest.models import (
     Outcome,
     UsageEvent,
 )
+from ingest.partitions import month_of, partitions_ensure
 from ingest.validation import (
     SURFACE_API,
     SURFACE_LAGO,
@@ -251,10 +253,13 @@ _PG_SOURCE_ONE = (
 _PG_INGEST = (
     "WITH bid AS (SELECT nextval(pg_get_serial_sequence('{batches}', 'id')) AS id), "
     "src AS ({source}), "
-    "ins AS (INSERT INTO {events} ({columns}) "
-    "SELECT k, c, m, t, v, d, p, h, %s::timestamptz, %s::varchar, l, %s::bigint, "
-    "(SELECT id FROM bid) FROM src ORDER BY n "
-    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key), "
+    "reg AS (INSERT INTO {keys} (idempotency_key, event_id, timestamp, payload_hash) "
+    "SELECT k, nextval('{events}_id_seq'), t, h FROM src ORDER BY n "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, event_id), "
+    "ins AS (INSERT INTO {events} (id, {columns}) "
+    "SELECT reg.event_id, k, c, m, t, v, d, p, h, %s::timestamptz, %s::varchar, l, %s::bigint, "
+    "(SELECT id FROM bid) FROM src JOIN reg ON reg.idempotency_key = src.k ORDER BY n "
+    "RETURNING id, idempotency_key), "
     "{duplicates}"
     "b AS (INSERT INTO {batches} (id, {batch_columns}) "
     "SELECT bid.id, {batch_values} FROM bid, dup) "
@@ -262,9 +267,9 @@ _PG_INGEST = (
     "UNION ALL SELECT id, NULL, NULL FROM bid"
 )
 _PG_DUPLICATES = (
-    "old AS (SELECT e.id, e.idempotency_key FROM src "
-    "JOIN {events} e ON e.idempotency_key = src.k AND e.payload_hash = src.h "
-    "WHERE NOT EXISTS (SELECT 1 FROM ins WHERE ins.idempotency_key = src.k)), "
+    "old AS (SELECT e.event_id AS id, e.idempotency_key FROM src "
+    "JOIN {keys} e ON e.idempotency_key = src.k AND e.payload_hash = src.h "
+    "WHERE NOT EXISTS (SELECT 1 FROM reg WHERE reg.idempotency_key = src.k)), "
     "cnt AS (INSERT INTO {counters} (event_id, count, last_at) "
     "SELECT id, 1, %s::timestamptz FROM old ORDER BY id "
     "ON CONFLICT (event_id) DO UPDATE SET count = {counters}.count + 1, "
@@ -326,6 +331,8 @@ def _insert_batch_and_events(
             if not rows:
                 cursor.execute(batch_sql + " RETURNING id", list(batch_values))
                 return int(cursor.fetchone()[0]), stored, counted
+            # A month this process has not seen gets its partition before the INSERT.
+            partitions_ensure(months={month_of(row[3]) for row in rows})
             first = rows[0]  # received_at, source and rejection are the same for every row
             event_params = [*_pg_source_params(rows), first[8], first[9], first[11]]
             if len(rows) == 1:
@@ -370,19 +377,37 @@ def _insert_batch_and_events(
                 head + ",".join([one] * len(chunk)) + tail,
                 [value for row in chunk for value in row],
             )
-            stored.update((key, pk) for pk, key in cursor.fetchall())
+            fresh = dict((key, pk) for pk, key in cursor.fetchall())
+            stored.update(fresh)
+            # SQLite's plain table keeps keys unique itself; the registry mirrors it (same
+            # transaction) so lookups read the same table on both engines.
+            registered = [
+                value
+                for row in chunk
+                if row[0] in fresh
+                for value in (row[0], fresh[row[0]], row[3], row[7])
+            ]
+            if registered:
+                cursor.execute(
+                    f"INSERT INTO {EventKey._meta.db_table} "  # noqa: S608
+                    "(idempotency_key, event_id, timestamp, payload_hash) VALUES "
+                    + ",".join(["(%s,%s,%s,%s)"] * (len(registered) // 4)),
+                    registered,
+                )
     return batch_id, stored, counted
 
 
 def _pg_ingest_sql(source: str, *, duplicates: bool) -> str:
     counts = ", ".join("%s::integer + %s::integer * dup.n" for _ in Outcome.values)
     events, counters = UsageEvent._meta.db_table, EventDuplicates._meta.db_table
+    keys = EventKey._meta.db_table
     return _PG_INGEST.format(
         batches=IngestBatch._meta.db_table,
         events=events,
+        keys=keys,
         columns=",".join(_COLUMNS),
         source=source,
-        duplicates=_PG_DUPLICATES.format(events=events, counters=counters)
+        duplicates=_PG_DUPLICATES.format(keys=keys, counters=counters)
         if duplicates
         else "dup AS (SELECT 0 AS n), ",
         batch_columns=",".join(_BATCH_COLUMNS),
@@ -397,19 +422,20 @@ _PG_INGEST_MANY_COUNTING = _pg_ingest_sql(_PG_SOURCE_MANY, duplicates=True)
 
 
 def _stored_rows(keys: set[str]) -> list[tuple[int, str, str]]:
-    """(id, key, payload hash) of the stored events among ``keys``. A fresh statement, so in
-    READ COMMITTED it sees keys a concurrent request committed while our INSERT waited."""
-    table = UsageEvent._meta.db_table
+    """(id, key, payload hash) of the stored events among ``keys``, from the key registry
+    (which outlives archived months). A fresh statement, so in READ COMMITTED it sees keys a
+    concurrent request committed while our INSERT waited."""
+    table = EventKey._meta.db_table
     with _cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
-                f"SELECT id, idempotency_key, payload_hash FROM {table} "  # noqa: S608
+                f"SELECT event_id, idempotency_key, payload_hash FROM {table} "  # noqa: S608
                 "WHERE idempotency_key = ANY(%s)",
                 [list(keys)],
             )
         else:
             cursor.execute(
-                f"SELECT id, idempotency_key, payload_hash FROM {table} "  # noqa: S608
+                f"SELECT event_id, idempotency_key, payload_hash FROM {table} "  # noqa: S608
                 f"WHERE idempotency_key IN ({_marks(len(keys))})",
                 list(keys),
             )
@@ -690,10 +716,13 @@ def _settle(
         }
         positions = [i for i, r in enumerate(results) if not r]
         for position, (item, original_id) in zip(positions, conflicts, strict=True):
-            differing = _differing_fields(item, originals[original_id])
+            original = originals.get(original_id)
+            # An archived original is no longer in the live table; its key still is refused.
+            differing = [] if original is None else _differing_fields(item, original)
+            where = "" if original is not None else ", archived"
             error = (
                 "conflict",
-                f"The key is already stored with a different payload (event {original_id}).",
+                f"The key is already stored with a different payload (event {original_id}{where}).",
                 {"original_event_id": original_id, "differing_fields": differing},
             )
             item.error = error
@@ -944,8 +973,8 @@ def _replay_preview(rejection: IngestRejection) -> ReplayResult:
     _prepare([item], now=now, window_now=rejection.created_at, source="replay", replay_of=None)
     if item.key is not None and item.payload_hash:
         existing = (
-            UsageEvent.objects.filter(idempotency_key=item.key)
-            .values_list("id", "payload_hash")
+            EventKey.objects.filter(idempotency_key=item.key)
+            .values_list("event_id", "payload_hash")
             .first()
         )
         if existing is not None:

@@ -21,6 +21,7 @@ SWEEP_SCHEDULES = {
     "webhook_retries": "NERUBA_SWEEP_INTERVAL",
     "reconciliation": "NERUBA_SWEEP_RECONCILIATION_INTERVAL",
     "outbox": "NERUBA_SWEEP_INTERVAL",
+    "partitions": "NERUBA_SWEEP_INTERVAL",
     "retention": "NERUBA_SWEEP_RETENTION_INTERVAL",
 }
 

@@ -248,10 +248,24 @@ VARIABLES: tuple[Var, ...] = (
         "How long ingest batches and rejections are kept before the retention sweep prunes them.",
     ),
     Var(
+        "NERUBA_EVENT_ARCHIVE_AFTER",
+        "duration",
+        "0s",
+        "Months of usage events older than this may be archived (detached and exported) by "
+        "`manage.py archive_events`; 0s (the default) archives nothing: billing records are kept.",
+    ),
+    Var(
         "NERUBA_BILLING_GRACE",
         "duration",
         "1h",
         "Wait after a window closes before it is billed, so late events land first.",
+    ),
+    Var(
+        "NERUBA_BILLING_SHARDS",
+        "int",
+        "0",
+        "0: the beat's billing scan bills every window in one process. N > 0: it splits the due "
+        "windows into N customer-range shards that Celery workers bill in parallel.",
     ),
     Var("NERUBA_BILLING_SCAN_INTERVAL", "duration", "60s", "How often beat starts a billing scan."),
     Var("NERUBA_LOCK_TTL", "duration", "120s", "Lease length of scheduler locks."),

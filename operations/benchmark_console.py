@@ -175,6 +175,13 @@ def _seed(out: Any, options: dict[str, Any]) -> Customer:
             out.write(
                 f"1. {model._meta.db_table}: {count:,} rows in {time.perf_counter() - step:.1f} s"
             )
+        # Ingest registers every stored key (the lookup by key reads the registry first).
+        cursor.execute(
+            "INSERT INTO ingest_eventkey (idempotency_key, event_id, timestamp, payload_hash) "
+            "SELECT idempotency_key, id, timestamp, payload_hash FROM ingest_usageevent "
+            "WHERE idempotency_key LIKE %s",
+            [f"{PREFIX}-%"],
+        )
     with connection.cursor() as cursor:
         for model in (Customer, UsageEvent, IngestRejection, StripeEvent, Subscription):
             cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
@@ -187,6 +194,7 @@ def _cleanup(out: Any) -> None:
     like = f"{PREFIX}-%"
     with connection.cursor() as cursor, transaction.atomic():
         cursor.execute("DELETE FROM ingest_usageevent WHERE idempotency_key LIKE %s", [like])
+        cursor.execute("DELETE FROM ingest_eventkey WHERE idempotency_key LIKE %s", [like])
         cursor.execute("DELETE FROM ingest_ingestrejection WHERE idempotency_key LIKE %s", [like])
         cursor.execute("DELETE FROM webhooks_stripeevent WHERE stripe_id LIKE %s", [f"evt_{like}"])
         cursor.execute(

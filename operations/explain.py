@@ -325,6 +325,17 @@ def explain_key(*, idempotency_key: str) -> Explanation:
         IngestRejection.objects.filter(idempotency_key=idempotency_key).order_by("created_at", "id")
     )
     event: UsageEvent | None = found["event"]
+    archived = found.get("archived")
+    if event is None and archived is not None:
+        explanation.add(
+            "Stored",
+            INFO,
+            f"Event {archived['event_id']} (timestamp {_at(archived['timestamp'])}) was stored "
+            f"and its month {archived['month']} archived on {_at(archived['archived_at'])}: it "
+            "left the live event store (export: "
+            f"{archived['path'] or 'not kept'}). The key stays taken.",
+        )
+        return explanation.stop(f"Archived with month {archived['month']}.")
     if event is None:
         return _rejections(explanation)
     explanation.event = event

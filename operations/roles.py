@@ -30,6 +30,7 @@ _VIEW_BILLING = [
     "billing.view_dispute",
     "billing.view_billingwindow",
     "billing.view_billingrun",
+    "billing.view_billingshard",
     "billing.view_driftfinding",
     "billing.view_paymentfinding",
 ]

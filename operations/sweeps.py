@@ -148,6 +148,14 @@ SWEEPS: dict[str, Sweep] = {
             "NERUBA_SWEEP_INTERVAL",
         ),
         Sweep(
+            "partitions",
+            "PostgreSQL: monthly event partitions created ahead; rows in the default one moved.",
+            lambda ctx: ingest_sweeps.partitions_sweep(
+                lease=ctx.lease, now=ctx.now, dry_run=ctx.dry_run
+            ),
+            "NERUBA_SWEEP_INTERVAL",
+        ),
+        Sweep(
             "retention",
             "Ingest batches, rejections and sweep runs past NERUBA_INGEST_RETENTION are pruned.",
             _retention,

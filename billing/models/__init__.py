@@ -5,11 +5,12 @@ from billing.models.drift import DriftFinding
 from billing.models.invoices import Invoice, InvoiceCounter, InvoiceLine, ProviderSync
 from billing.models.ledger import GRANTABLE, CreditEntry, Dispute, ReasonCode, Refund
 from billing.models.payments import PaymentCharge, PaymentFinding
-from billing.models.runs import BillingRun, BillingWindow
+from billing.models.runs import BillingRun, BillingShard, BillingWindow
 
 __all__ = [
     "GRANTABLE",
     "BillingRun",
+    "BillingShard",
     "BillingWindow",
     "CreditEntry",
     "Dispute",

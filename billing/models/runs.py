@@ -83,3 +83,40 @@ class BillingRun(models.Model):
 
     def __str__(self) -> str:
         return f"Run {self.pk} ({self.trigger}, {self.status})"
+
+
+class BillingShard(models.Model):
+    """One customer-id range of a fanned-out billing run (``billing_scan(shards=N)``), billed by
+    a Celery worker under its own fenced lease ``billing-shard:<run>:<index>``. The run's counts
+    are the sum of its shards' once they finish."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        PARTIAL = "partial"
+        FAILED = "failed"
+
+    run = models.ForeignKey(BillingRun, on_delete=models.CASCADE, related_name="shards")
+    index = models.PositiveIntegerField()
+    customer_from = models.BigIntegerField(help_text="First customer id of the range.")
+    customer_to = models.BigIntegerField(help_text="Last customer id of the range (inclusive).")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    holder = models.CharField(max_length=200, blank=True)
+    token = models.BigIntegerField(null=True, blank=True)
+    scanned = models.PositiveIntegerField(default=0)
+    invoiced = models.PositiveIntegerField(default=0)
+    already_invoiced = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    invoiced_amount = models.BigIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [models.UniqueConstraint(fields=["run", "index"], name="one_shard_per_index")]
+
+    def __str__(self) -> str:
+        return f"Run {self.run_id} shard {self.index} ({self.status})"

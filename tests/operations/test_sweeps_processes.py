@@ -215,5 +215,5 @@ def test_every_sweep_runs_in_autocommit_as_the_command_runs_it(catalog: dict[str
         dry, real = StringIO(), StringIO()
         call_command("sweep", "--dry-run", stdout=dry)
         call_command("sweep", stdout=real)
-    assert "6 ok, 0 failed, 1 new finding(s) (dry run)" in dry.getvalue()
-    assert "6 ok, 0 failed, 1 new finding(s)" in real.getvalue()
+    assert "7 ok, 0 failed, 1 new finding(s) (dry run)" in dry.getvalue()
+    assert "7 ok, 0 failed, 1 new finding(s)" in real.getvalue()

@@ -10,11 +10,11 @@ def forwards(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    """Support may void or amend usage events; every role sees backfills and corrections."""
+    """Every role that sees billing runs sees their shards."""
 
     dependencies = [
         ("operations", "0004_i12_roles_payment_findings"),
-        ("ingest", "0008_i17_backfills_corrections"),
+        ("billing", "0008_i18_billing_shards"),
     ]
 
     operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]

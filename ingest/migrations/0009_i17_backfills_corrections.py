@@ -8,7 +8,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("ingest", "0007_i19_rejection_surface"),
+        ("ingest", "0008_i18_partitioned_events"),
         ("neruba", "0003_audit_export_permission"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
@@ -91,6 +91,7 @@ class Migration(migrations.Migration):
                 null=True,
                 on_delete=django.db.models.deletion.PROTECT,
                 related_name="amendments",
+                db_constraint=False,
                 to="ingest.usageevent",
             ),
         ),
@@ -151,6 +152,7 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(
                 on_delete=django.db.models.deletion.PROTECT,
                 related_name="corrections",
+                db_constraint=False,
                 to="ingest.usageevent",
             ),
         ),
@@ -158,6 +160,7 @@ class Migration(migrations.Migration):
             model_name="eventcorrection",
             name="excluded",
             field=models.ForeignKey(
+                db_constraint=False,
                 on_delete=django.db.models.deletion.PROTECT,
                 related_name="+",
                 to="ingest.usageevent",
@@ -171,6 +174,7 @@ class Migration(migrations.Migration):
                 null=True,
                 on_delete=django.db.models.deletion.PROTECT,
                 related_name="amendment_record",
+                db_constraint=False,
                 to="ingest.usageevent",
             ),
         ),
