@@ -48,6 +48,7 @@ from ingest.corrections import events_void_bulk
 from ingest.models import (
     Backfill,
     EventCorrection,
+    EventKey,
     IngestBatch,
     IngestRejection,
     InvoicedWatermark,
@@ -203,6 +204,9 @@ def _cleanup() -> int:
         invoices.delete()
         BillingWindow.objects.filter(subscription__customer__in=customers).delete()
         Subscription.objects.filter(customer__in=customers).delete()
+        # The key registry outlives events by design: the run's keys go with its events, or a
+        # second run would find them taken and store nothing.
+        EventKey.objects.filter(event_id__in=events.values("id")).delete()
         # Raw deletes: the ORM's collector would load every event into memory first.
         events.filter(amends__isnull=False)._raw_delete(UsageEvent.objects.db)
         deleted = events._raw_delete(UsageEvent.objects.db)

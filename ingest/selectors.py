@@ -116,7 +116,12 @@ def counting_row(*, event: UsageEvent) -> UsageEvent | None:
     that replaced it, or ``None`` once voided."""
     if event.voided_at is None:
         return event
-    return UsageEvent.objects.filter(amends=event, voided_at__isnull=True).order_by("-id").first()
+    # Amendments share the original's timestamp: the lookup reads its one partition.
+    return (
+        UsageEvent.objects.filter(amends=event, timestamp=event.timestamp, voided_at__isnull=True)
+        .order_by("-id")
+        .first()
+    )
 
 
 def event_corrections(*, event: UsageEvent) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from billing.models import DriftFinding, Invoice
-from ingest.models import Backfill, EventCorrection, UsageEvent
+from ingest.models import Backfill, EventCorrection, EventKey, UsageEvent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -33,3 +33,4 @@ def test_the_corrections_benchmark_backfills_voids_sweeps_and_cleans_up_after_it
     assert not UsageEvent.objects.exists() and not Invoice.objects.exists()
     assert not EventCorrection.objects.exists() and not Backfill.objects.exists()
     assert not DriftFinding.objects.exists()
+    assert not EventKey.objects.exists(), "the run's keys go with its events"
