@@ -13,6 +13,13 @@ class BillingConfig(AppConfig):
         # Renders the messages of facts billing publishes in batches (see neruba.outbox).
         messages.register()
 
+        # Ingest never imports billing: a closed backfill is announced by a signal, and billing
+        # answers it with drift findings for the invoiced windows the backfill touched.
+        from billing.drift import drift_on_backfill_closed
+        from ingest.backfills import backfill_closed
+
+        backfill_closed.connect(drift_on_backfill_closed, dispatch_uid="billing.drift.backfill")
+
         # Ingest cannot import billing (the dependency runs the other way), yet a Lago event
         # names a subscription: billing hands ingest the lookup.
         from billing.selectors import subscription_customer_refs

@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from billing import messages
@@ -36,7 +36,7 @@ from billing.pricing import amount_round, decimal_str, price_amount
 from billing.selectors import prices_by_plan
 from billing.services import UNPAID, RerunResult, invoice_rerun
 from billing.usage import WindowRef, usage_for_windows
-from ingest.models import Metric
+from ingest.models import Backfill, Metric
 from neruba import audit
 from neruba.errors import ValidationFailed
 from neruba.fencing import fenced, lease_renew
@@ -47,9 +47,31 @@ PAYMENT = "payment"
 CHUNK = 1000
 SETTLED = (DriftFinding.Status.RESOLVED, DriftFinding.Status.IGNORED)
 
-# Windows (with a live invoice) that late events received since %s fall into. Driven from the
-# events: the partial index on received_at WHERE late keeps this proportional to what changed.
+# Windows that late events received since %s fall into, and those whose events were voided or
+# amended since then while their period was invoiced (an amendment's own row is a late event
+# too). Driven from the changes: the partial indexes on received_at WHERE late and on the
+# corrections' created_at WHERE late keep this proportional to what changed.
 _LATE_WINDOWS_SQL = """
+SELECT DISTINCT w.id
+FROM (
+  SELECT e.customer_id, e.timestamp FROM ingest_usageevent e
+  WHERE e.late AND e.received_at >= %s
+  UNION ALL
+  SELECT e.customer_id, e.timestamp FROM ingest_eventcorrection c
+  JOIN ingest_usageevent e ON e.id = c.excluded_id
+  WHERE c.late AND c.created_at >= %s
+) e
+JOIN billing_subscription s ON s.customer_id = e.customer_id
+JOIN billing_billingwindow w
+  ON w.subscription_id = s.id
+ AND e.timestamp >= w.period_start
+ AND e.timestamp < w.period_end
+"""
+
+
+# The invoiced windows a backfill's late events fell into: late events received since it opened
+# (the partial index on received_at WHERE late), narrowed to its batches.
+_BACKFILL_WINDOWS_SQL = """
 SELECT DISTINCT w.id
 FROM ingest_usageevent e
 JOIN billing_subscription s ON s.customer_id = e.customer_id
@@ -58,6 +80,7 @@ JOIN billing_billingwindow w
  AND e.timestamp >= w.period_start
  AND e.timestamp < w.period_end
 WHERE e.late AND e.received_at >= %s
+  AND e.batch_id IN (SELECT b.id FROM ingest_ingestbatch b WHERE b.backfill_id = %s)
 """
 
 
@@ -80,6 +103,30 @@ def finding_title(finding: DriftFinding) -> str:
     )
 
 
+def backfill_window_ids(*, backfill: Backfill) -> list[int]:
+    at = connection.ops.adapt_datetimefield_value(backfill.created_at)
+    with connection.cursor() as cursor:
+        cursor.execute(_BACKFILL_WINDOWS_SQL, [at, backfill.pk])
+        return sorted(row[0] for row in cursor.fetchall())
+
+
+def drift_on_backfill_closed(*, backfill: Backfill, **_: Any) -> tuple[int, int]:
+    """Receiver of ``ingest.backfills.backfill_closed``, inside the close's transaction: one
+    drift finding per invoiced window and metric the backfill changed (resolved like any other:
+    rerun, correction credit or supplementary invoice). Returns (windows, findings opened)."""
+    window_ids = backfill_window_ids(backfill=backfill)
+    if not window_ids:
+        return 0, 0
+    try:
+        with transaction.atomic():
+            counts = usage_drift_sweep(lease=None, window_ids=window_ids)
+    except IntegrityError:
+        # A drift sweep running now inserted the same open finding first (one open finding per
+        # window, metric and kind): checked again, that finding is found and updated instead.
+        counts = usage_drift_sweep(lease=None, window_ids=window_ids)
+    return counts["windows"], counts["findings"]
+
+
 def _live_invoices() -> Any:
     return Invoice.objects.filter(kind=Invoice.Kind.REGULAR).exclude(status=Invoice.Status.VOID)
 
@@ -91,9 +138,10 @@ def drift_horizon(*, now: datetime) -> datetime:
 
 
 def late_window_ids(*, since: datetime) -> list[int]:
+    at = connection.ops.adapt_datetimefield_value(since)
     with connection.cursor() as cursor:
-        cursor.execute(_LATE_WINDOWS_SQL, [connection.ops.adapt_datetimefield_value(since)])
-        return [row[0] for row in cursor.fetchall()]
+        cursor.execute(_LATE_WINDOWS_SQL, [at, at])
+        return sorted(row[0] for row in cursor.fetchall())
 
 
 def _quantity_amount(price: Price | None, quantity: Decimal) -> int:
@@ -250,12 +298,14 @@ def usage_drift_sweep(
     since: datetime | None = None,
     dry_run: bool = False,
     on_progress: Callable[[dict[str, int]], None] | None = None,
+    window_ids: Iterable[int] | None = None,
 ) -> dict[str, int]:
     """Compares invoiced windows with their events and records drift findings.
 
-    1. Pick the windows: those touched by late events received at or after ``since``
-       (incremental), or, with ``since=None``, every window with a live invoice ending after
-       the drift horizon (full pass).
+    1. Pick the windows: ``window_ids`` when given (a closed backfill's invoiced windows);
+       else those touched by late events or corrections at or after ``since`` (incremental),
+       or, with ``since=None``, every window with a live invoice ending after the drift
+       horizon (full pass).
     2. Per chunk of windows: aggregate usage in one GROUP BY, compare per priced metric.
     3. Write in one transaction per chunk that first re-checks the lease's fencing token.
 
@@ -264,8 +314,11 @@ def usage_drift_sweep(
     now = now or timezone.now()
     counts = {"full": int(since is None), "windows": 0, "findings": 0, "updated": 0, "closed": 0}
     live = _live_invoices().select_related("window__subscription").order_by("id")
-    if since is not None:
-        chunks: Iterable[list[Invoice]] = _chunks_of_ids(live, late_window_ids(since=since))
+    if window_ids is not None:
+        counts["full"] = 0
+        chunks: Iterable[list[Invoice]] = _chunks_of_ids(live, sorted(window_ids))
+    elif since is not None:
+        chunks = _chunks_of_ids(live, late_window_ids(since=since))
     else:
         chunks = _chunks_by_keyset(live.filter(period_end__gt=drift_horizon(now=now)))
     for invoices in chunks:

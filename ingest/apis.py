@@ -9,6 +9,7 @@ from django.http import HttpResponse
 from django.http.request import RawPostDataException
 from drf_spectacular.utils import (
     OpenApiExample,
+    OpenApiParameter,
     OpenApiResponse,
     PolymorphicProxySerializer,
     extend_schema,
@@ -17,13 +18,14 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from ingest import selectors, services
+from ingest import backfills, corrections, selectors, services
 from ingest.envelope import CLOUDEVENT, CLOUDEVENT_BATCH, parse_envelope
 from ingest.exceptions import PayloadTooLarge
 from ingest.models import Metric, UsageEvent
-from neruba.api import PAGE, ErrorSerializer, ScopedApi, page_of
+from neruba.api import PAGE, ErrorSerializer, ScopedApi, StrictInput, page_of
 from neruba.auth import api_key_from_request
 from neruba.errors import NotFound
+from neruba.models import Customer
 
 
 class MetricOutput(serializers.ModelSerializer):
@@ -102,6 +104,7 @@ _BATCH_SCHEMA = {"type": "object", "required": ["events"], "properties": {"event
 
 class EventIngestApi(ScopedApi):
     required_scopes = {"POST": "ingest"}
+    allowed_query = {"POST": frozenset({"backfill"})}
     parser_classes: list[Any] = []  # the body is read raw; see post()
 
     @extend_schema(
@@ -113,8 +116,18 @@ class EventIngestApi(ScopedApi):
             "subject, type, time, data). Each item gets an outcome: accepted, duplicate, "
             "conflict, failed or replay. A batch answers 200 with the counts and one result "
             "per item; a single event answers 201 accepted, 200 duplicate, 409 conflict or "
-            "422 failed with its result object."
+            "422 failed with its result object. With `?backfill=<id>` the items load history "
+            "into that open backfill: its time window replaces the ingest window (an item "
+            "outside it fails with `outside_backfill_window`); a closed backfill answers 409 "
+            "`backfill_closed`."
         ),
+        parameters=[
+            OpenApiParameter(
+                "backfill",
+                int,
+                description="An open backfill's id: load history inside its window.",
+            )
+        ],
         request={
             "application/json": {"anyOf": [_EVENT_SCHEMA, _BATCH_SCHEMA]},
             CLOUDEVENT: _CLOUDEVENT_SCHEMA,
@@ -131,6 +144,7 @@ class EventIngestApi(ScopedApi):
             ),
             201: OpenApiResponse(IngestResultOutput, description="A single event was accepted."),
             400: OpenApiResponse(ErrorSerializer, description="Malformed or too many items."),
+            404: OpenApiResponse(ErrorSerializer, description="No backfill has that id."),
             409: OpenApiResponse(IngestResultOutput, description="Conflicting single event."),
             413: OpenApiResponse(ErrorSerializer, description="The body is too large."),
             415: OpenApiResponse(ErrorSerializer, description="Not a JSON media type."),
@@ -170,13 +184,24 @@ class EventIngestApi(ScopedApi):
             request.META.get("CONTENT_TYPE", ""),
             max_items=conf["NERUBA_INGEST_MAX_BATCH"],
         )
-        result = services.events_ingest(
-            payloads=envelope.payloads,
-            api_key=api_key_from_request(request),
-            cloudevents=envelope.cloudevents,
-            body_bytes=len(body),
-            request_id=getattr(request._request, "request_id", ""),
-        )
+        backfill_id = request.query_params.get("backfill")
+        if backfill_id is not None:
+            result = backfills.backfill_ingest(
+                backfill_id=backfill_id,
+                payloads=envelope.payloads,
+                api_key=api_key_from_request(request),
+                cloudevents=envelope.cloudevents,
+                body_bytes=len(body),
+                request_id=getattr(request._request, "request_id", ""),
+            )
+        else:
+            result = services.events_ingest(
+                payloads=envelope.payloads,
+                api_key=api_key_from_request(request),
+                cloudevents=envelope.cloudevents,
+                body_bytes=len(body),
+                request_id=getattr(request._request, "request_id", ""),
+            )
         if envelope.single:
             answer = result.results[0]
             status = services.STATUS_BY_OUTCOME[answer["outcome"]]
@@ -208,7 +233,29 @@ class StoredEventOutput(serializers.ModelSerializer):
             "batch_id",
             "source",
             "late",
+            "voided_at",
         ]
+
+
+class EventCorrectionOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=["void", "amend"])
+    at = serializers.DateTimeField()
+    actor = serializers.CharField()
+    reason = serializers.CharField()
+    before = serializers.DictField()
+    after = serializers.DictField()
+    excluded_event_id = serializers.IntegerField()
+    replacement_event_id = serializers.IntegerField(allow_null=True)
+    invoiced_period = serializers.BooleanField()
+    bulk_id = serializers.CharField(allow_blank=True)
+
+
+class CountedOutput(serializers.Serializer):
+    event_id = serializers.IntegerField(source="pk")
+    value = serializers.DecimalField(max_digits=30, decimal_places=10, allow_null=True)
+    distinct_value = serializers.CharField(allow_blank=True)
+    properties = serializers.DictField()
 
 
 class EventHistoryOutput(serializers.Serializer):
@@ -242,6 +289,13 @@ class EventDetailApi(ScopedApi):
         duplicate_count = serializers.IntegerField()
         last_duplicate_at = serializers.DateTimeField(allow_null=True)
         history = EventHistoryOutput(many=True)
+        counted = serializers.BooleanField(help_text="False once voided.")
+        counted_event = CountedOutput(
+            allow_null=True,
+            help_text="The row counted for this key now (an amendment's, once "
+            "amended); null once voided.",
+        )
+        corrections = EventCorrectionOutput(many=True)
 
     @extend_schema(
         operation_id="events_retrieve",
@@ -253,3 +307,229 @@ class EventDetailApi(ScopedApi):
         if found is None:
             raise NotFound("No event or rejection has that idempotency key.")
         return Response(self.Output(found).data)
+
+
+# --- corrections -----------------------------------------------------------------------------
+
+
+def _valid(serializer: type[serializers.Serializer[Any]], request: Request) -> dict[str, Any]:
+    data = serializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    return dict(data.validated_data)
+
+
+class _KeyedPostApi(ScopedApi):
+    """``events/<key>/void`` and ``…/amend``. Keys may contain slashes, so a GET of a key that
+    happens to end in ``/void`` or ``/amend`` is the event detail of that whole key."""
+
+    suffix = ""
+    required_scopes = {"GET": "read", "POST": "write"}
+
+    @extend_schema(
+        summary="An event whose key itself ends in /void or /amend (keys may hold slashes)",
+        responses={200: EventDetailApi.Output, 404: ErrorSerializer},
+    )
+    def get(self, request: Request, idempotency_key: str) -> Response:
+        return EventDetailApi().get(request, f"{idempotency_key}/{self.suffix}")
+
+
+class CorrectionOutput(serializers.Serializer):
+    correction = EventCorrectionOutput()
+    event = EventDetailApi.Output()
+
+
+def _correction_answer(correction: Any, key: str) -> Response:
+    found = selectors.event_history(idempotency_key=key)
+    answer = next(c for c in found["corrections"] if c["id"] == correction.pk)  # type: ignore[index]
+    data = CorrectionOutput({"correction": answer, "event": found}).data
+    return Response(data, status=201)
+
+
+class EventVoidApi(_KeyedPostApi):
+    suffix = "void"
+
+    class Input(StrictInput):
+        reason = serializers.CharField()
+
+    @extend_schema(
+        operation_id="events_void",
+        summary="Void an event: no aggregation counts it from now on",
+        description=(
+            "The stored event is never deleted or edited: the correction (actor, reason, before "
+            "and after) is recorded and the key stays taken forever. An event of a window "
+            "already invoiced becomes a drift finding at the next sweep."
+        ),
+        request=Input,
+        responses={201: CorrectionOutput, 404: ErrorSerializer, 409: ErrorSerializer},
+    )
+    def post(self, request: Request, idempotency_key: str) -> Response:
+        data = _valid(self.Input, request)
+        event = corrections.event_for_key(idempotency_key=idempotency_key)
+        correction = corrections.event_void(
+            event=event, actor=api_key_from_request(request), reason=data["reason"]
+        )
+        return _correction_answer(correction, idempotency_key)
+
+
+class EventAmendApi(_KeyedPostApi):
+    suffix = "amend"
+
+    class Input(StrictInput):
+        reason = serializers.CharField()
+        properties = serializers.DictField()
+
+    @extend_schema(
+        operation_id="events_amend",
+        summary="Amend an event's properties: it counts with the new value from now on",
+        description=(
+            "The stored event stops counting and a row with the amended properties counts in its "
+            "place (customer, metric and timestamp stay). Recorded with actor, reason, before and "
+            "after; a window already invoiced becomes a drift finding at the next sweep."
+        ),
+        request=Input,
+        responses={201: CorrectionOutput, 400: ErrorSerializer, 404: ErrorSerializer},
+    )
+    def post(self, request: Request, idempotency_key: str) -> Response:
+        data = _valid(self.Input, request)
+        event = corrections.event_for_key(idempotency_key=idempotency_key)
+        correction = corrections.event_amend(
+            event=event,
+            actor=api_key_from_request(request),
+            reason=data["reason"],
+            properties=data["properties"],
+        )
+        return _correction_answer(correction, idempotency_key)
+
+
+class EventVoidRangeApi(ScopedApi):
+    required_scopes = {"POST": "write"}
+
+    class Input(StrictInput):
+        customer = serializers.CharField()
+        metric = serializers.CharField()
+        starts_at = serializers.DateTimeField()
+        ends_at = serializers.DateTimeField()
+        reason = serializers.CharField(required=False, allow_blank=True, default="")
+        dry_run = serializers.BooleanField(required=False, default=True)
+
+    class Output(serializers.Serializer):
+        customer = serializers.CharField()
+        metric = serializers.CharField()
+        starts_at = serializers.DateTimeField()
+        ends_at = serializers.DateTimeField()
+        matched = serializers.IntegerField()
+        voided = serializers.IntegerField()
+        invoiced_period = serializers.IntegerField()
+        dry_run = serializers.BooleanField()
+        bulk_id = serializers.CharField(allow_blank=True)
+
+    @extend_schema(
+        operation_id="events_void_range",
+        summary="Void every event of a customer and metric in a time range (dry run by default)",
+        description=(
+            "`dry_run` (default true) only counts what would be voided. With `dry_run: false` "
+            "and a reason, every counted event with starts_at <= timestamp < ends_at is voided; "
+            "no invoice changes (invoiced windows become drift findings at the next sweep)."
+        ),
+        request=Input,
+        responses={200: Output, 400: ErrorSerializer, 404: ErrorSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(self.Input, request)
+        customer = Customer.objects.filter(external_id=data["customer"]).first()
+        metric = Metric.objects.filter(code=data["metric"]).first()
+        if customer is None or metric is None:
+            raise NotFound(
+                "No such customer or metric.",
+                details={"customer": data["customer"], "metric": data["metric"]},
+            )
+        result = corrections.events_void_bulk(
+            customer=customer,
+            metric=metric,
+            starts_at=data["starts_at"],
+            ends_at=data["ends_at"],
+            actor=api_key_from_request(request),
+            reason=data["reason"],
+            dry_run=data["dry_run"],
+        )
+        return Response(self.Output(result.as_dict()).data)
+
+
+# --- backfills -------------------------------------------------------------------------------
+
+
+class BackfillOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    reason = serializers.CharField()
+    starts_at = serializers.DateTimeField()
+    ends_at = serializers.DateTimeField()
+    source = serializers.CharField()
+    status = serializers.ChoiceField(choices=["open", "closed"])
+    created_at = serializers.DateTimeField()
+    closed_at = serializers.DateTimeField(allow_null=True)
+    counts = serializers.DictField(child=serializers.IntegerField())
+    late = serializers.IntegerField(help_text="Events stored into periods already invoiced.")
+    invoiced_windows = serializers.IntegerField()
+    drift_findings = serializers.IntegerField()
+
+
+class BackfillCreateApi(ScopedApi):
+    required_scopes = {"POST": "ingest"}
+
+    class Input(StrictInput):
+        reason = serializers.CharField()
+        starts_at = serializers.DateTimeField()
+        ends_at = serializers.DateTimeField()
+
+    @extend_schema(
+        operation_id="backfills_create",
+        summary="Open a backfill: load history older than the ingest window",
+        description=(
+            "Then post events with `POST /api/v1/events?backfill=<id>` (same outcomes; only "
+            "timestamps with starts_at <= timestamp < ends_at) and close it."
+        ),
+        request=Input,
+        responses={201: BackfillOutput, 400: ErrorSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(self.Input, request)
+        backfill = backfills.backfill_create(
+            reason=data["reason"],
+            starts_at=data["starts_at"],
+            ends_at=data["ends_at"],
+            actor=api_key_from_request(request),
+        )
+        return Response(BackfillOutput(backfills.backfill_dict(backfill)).data, status=201)
+
+
+class BackfillDetailApi(ScopedApi):
+    required_scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="backfills_retrieve",
+        summary="A backfill and its counts",
+        responses={200: BackfillOutput, 404: ErrorSerializer},
+    )
+    def get(self, request: Request, backfill_id: str) -> Response:
+        backfill = backfills.backfill_get(backfill_id=backfill_id)
+        return Response(BackfillOutput(backfills.backfill_dict(backfill)).data)
+
+
+class BackfillCloseApi(ScopedApi):
+    required_scopes = {"POST": "ingest"}
+
+    @extend_schema(
+        operation_id="backfills_close",
+        summary="Close a backfill",
+        description=(
+            "Freezes its counts; each invoiced window it touched gets a drift finding per metric "
+            "(resolved by rerun, correction credit or supplementary invoice), so money never "
+            "changes silently. A closed backfill takes no more events."
+        ),
+        request=None,
+        responses={200: BackfillOutput, 404: ErrorSerializer, 409: ErrorSerializer},
+    )
+    def post(self, request: Request, backfill_id: str) -> Response:
+        backfill = backfills.backfill_get(backfill_id=backfill_id)
+        closed = backfills.backfill_close(backfill=backfill, actor=api_key_from_request(request))
+        return Response(BackfillOutput(backfills.backfill_dict(closed)).data)

@@ -50,6 +50,21 @@ class ReplayFailed(NerubaError):
     message = "The replayed item still fails."
 
 
+class BackfillClosed(Conflict):
+    code = "backfill_closed"
+    message = "The backfill is closed: open a new one to load more history."
+
+
+class EventAlreadyVoided(Conflict):
+    code = "event_voided"
+    message = "The event is already voided: nothing counts it any more."
+
+
+class EventNotCorrectable(Conflict):
+    code = "event_not_correctable"
+    message = "This event cannot be corrected."
+
+
 class ArchiveRefused(Conflict):
     code = "archive_refused"
     message = "This month cannot be archived."

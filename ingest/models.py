@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -61,6 +62,10 @@ class IngestBatch(models.Model):
     failed = models.PositiveIntegerField(default=0)
     replay = models.PositiveIntegerField(default=0)
     duration_ms = models.FloatField(default=0)
+    # The backfill this batch loaded history for; its counts add up from its batches.
+    backfill = models.ForeignKey(
+        "Backfill", null=True, blank=True, on_delete=models.PROTECT, related_name="batches"
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
@@ -71,11 +76,17 @@ class IngestBatch(models.Model):
 
 
 class UsageEvent(models.Model):
-    """A stored usage event. The idempotency key is unique forever."""
+    """A stored usage event. The idempotency key is unique forever.
+
+    A stored event is never edited or deleted. A correction (``EventCorrection``) takes it out
+    of every aggregation by setting ``voided_at`` once; an amendment adds a new row carrying the
+    amended values (``amends`` points at the keyed original, the key stays the original's)."""
 
     # Unique by the constraint below: a column-level unique=True would add a second, pattern-ops
-    # index on PostgreSQL that no query uses (keys are only ever looked up exactly).
-    idempotency_key = models.CharField(max_length=255)
+    # index on PostgreSQL that no query uses (keys are only ever looked up exactly). NULL only on
+    # the row an amendment adds: the key belongs to the original, which keeps it forever, and a
+    # NULL never takes a client's key nor matches a lookup by key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     # Indexed as the leading column of usage_billing_idx; every index here costs each ingest.
     customer = models.ForeignKey(
         Customer, on_delete=models.PROTECT, related_name="usage_events", db_index=False
@@ -106,9 +117,26 @@ class UsageEvent(models.Model):
         on_delete=models.SET_NULL,
         related_name="replayed_event",
     )
+    # Set once, by a void or an amendment: from then on no aggregation counts this row. NULL
+    # (counted) needs no default on the insert path, and adding the column rewrites nothing.
+    voided_at = models.DateTimeField(null=True, blank=True)
+    # On an amendment's row: the keyed event it amends (every amendment points at the original).
+    # Indexed only where set (below): a plain index would cost every ingested event a write.
+    # No database constraint: on PostgreSQL the events table is partitioned and its key is
+    # (id, timestamp), so nothing can reference the id alone (PROTECT is kept by Django).
+    amends = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="amendments",
+        db_index=False,
+        db_constraint=False,
+    )
 
     class Meta:
         ordering = ["-id"]
+        permissions = [("correct_usageevent", "Can void or amend usage events")]
         constraints = [
             models.UniqueConstraint(fields=["idempotency_key"], name="usage_event_key_unique")
         ]
@@ -119,9 +147,16 @@ class UsageEvent(models.Model):
             models.Index(
                 fields=["received_at"], condition=models.Q(late=True), name="usage_late_idx"
             ),
+            models.Index(
+                fields=["amends"],
+                condition=models.Q(amends__isnull=False),
+                name="usage_amends_idx",
+            ),
         ]
 
     def __str__(self) -> str:
+        if self.idempotency_key is None:
+            return f"amendment {self.pk} of event {self.amends_id}"
         return self.idempotency_key
 
     def save(self, *args: Any, **kwargs: Any) -> None:
@@ -130,13 +165,18 @@ class UsageEvent(models.Model):
         adding = self._state.adding
         with transaction.atomic():
             super().save(*args, **kwargs)
-            if adding:
+            # An amendment's row has no key of its own (the original keeps it): it claims none.
+            if adding and self.idempotency_key is not None:
                 EventKey.objects.create(
                     idempotency_key=self.idempotency_key,
                     event_id=self.pk,
                     timestamp=self.timestamp,
                     payload_hash=self.payload_hash,
                 )
+
+    @property
+    def counted(self) -> bool:
+        return self.voided_at is None
 
 
 class EventKey(models.Model):
@@ -263,3 +303,95 @@ class InvoicedWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.customer_id} invoiced through {self.invoiced_through:%Y-%m-%d %H:%M}"
+
+
+class Backfill(models.Model):
+    """History loaded through a door of its own: events older than ``NERUBA_INGEST_MAX_AGE``
+    enter only through an open backfill, and only inside its time window. While open, its counts
+    add up from its batches; closing freezes them and opens drift findings for the invoiced
+    windows it touched."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        CLOSED = "closed"
+
+    reason = models.TextField()
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    source = models.CharField(max_length=20, default="api")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key_prefix = models.CharField(max_length=16, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # Frozen on close (while open they are summed from the batches).
+    accepted = models.PositiveIntegerField(default=0)
+    duplicate = models.PositiveIntegerField(default=0)
+    conflict = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    late = models.PositiveIntegerField(default=0)
+    windows_touched = models.PositiveIntegerField(default=0)
+    findings = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Backfill {self.pk} ({self.status})"
+
+
+class EventCorrection(models.Model):
+    """A void or an amendment of a stored event: who, why, before and after. Append-only, like
+    the event itself: the event row only gets ``voided_at`` (it stops counting), an amendment
+    adds a row with the new values."""
+
+    class Kind(models.TextChoices):
+        VOID = "void"
+        AMEND = "amend"
+
+    # The event references carry no database constraint: the partitioned events table has no
+    # unique id alone to reference, and archival detaches a month whose corrections stay here
+    # (the history then says the event was archived). PROTECT is still kept by Django.
+    # The keyed event the correction is about (an amendment of an amendment still names it).
+    event = models.ForeignKey(
+        UsageEvent, on_delete=models.PROTECT, related_name="corrections", db_constraint=False
+    )
+    # The row this correction stopped counting: the event, or the amendment that replaced it.
+    excluded = models.ForeignKey(
+        UsageEvent, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
+    # The row counted instead (amendments only).
+    replacement = models.OneToOneField(
+        UsageEvent,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="amendment_record",
+        db_constraint=False,
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    reason = models.TextField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    before = models.JSONField(default=dict)
+    after = models.JSONField(default=dict)
+    # The event's period was already invoiced: the drift sweep re-checks its window.
+    late = models.BooleanField(default=False)
+    # Corrections made by one bulk command share an id (the audit entry names it).
+    bulk_id = models.CharField(max_length=32, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["created_at"], condition=models.Q(late=True), name="correction_late_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of event {self.event_id}"

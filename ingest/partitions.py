@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 
-from django.db import connection, transaction
+from django.db import ProgrammingError, connection, transaction
 
 from ingest.models import EventArchive, UsageEvent
 
@@ -78,14 +78,28 @@ def partitions_ensure(*, months: Iterable[date]) -> list[date]:
         archived = set(EventArchive.objects.values_list("month", flat=True))
         created = []
         for month in sorted(wanted - archived):
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT neruba_event_partition_ensure(%s)", [month])
-                if cursor.fetchone()[0]:
-                    created.append(month)
+            if _ensure_one(month):
+                created.append(month)
             # Inside a caller's transaction the partition exists only once it commits; a
             # rollback must not leave the month cached as present.
             transaction.on_commit(functools.partial(_remember, month))
         return created
+
+
+def _ensure_one(month: date) -> bool:
+    # Concurrent callers queue on the function's advisory lock, but its re-check after the
+    # lock can miss a partition another transaction committed meanwhile (the relation-name
+    # lookup is answered from this backend's catalog cache, which taking an advisory lock
+    # does not refresh): the CREATE then fails as a duplicate. Seen with several backfill
+    # loads into one old month at once. The month has its partition then: not ours to create.
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT neruba_event_partition_ensure(%s)", [month])
+            return bool(cursor.fetchone()[0])
+    except ProgrammingError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "42P07":  # duplicate_table
+            raise
+        return False
 
 
 def _remember(month: date) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from ingest.models import (
     EventArchive,
+    EventCorrection,
     EventDuplicates,
     EventKey,
     IngestRejection,
@@ -73,8 +74,21 @@ def event_history(*, idempotency_key: str) -> dict[str, Any] | None:
                 },
             }
         )
-    history.sort(key=lambda entry: entry["at"])
     counter = EventDuplicates.objects.filter(event=event).first() if event else None
+    corrections = event_corrections(event=event) if event is not None else []
+    for correction in corrections:
+        history.append(
+            {
+                "outcome": correction["kind"],
+                "at": correction["at"],
+                "batch_id": None,
+                "event_id": correction["replacement_event_id"] or correction["excluded_event_id"],
+                "rejection_id": None,
+                "status": None,
+                "error": None,
+            }
+        )
+    history.sort(key=lambda entry: entry["at"])
     return {
         "idempotency_key": idempotency_key,
         "event": event,
@@ -91,4 +105,40 @@ def event_history(*, idempotency_key: str) -> dict[str, Any] | None:
         "duplicate_count": counter.count if counter else 0,
         "last_duplicate_at": counter.last_at if counter else None,
         "history": history,
+        "counted": counting_row(event=event) is not None if event is not None else False,
+        "counted_event": counting_row(event=event) if event is not None else None,
+        "corrections": corrections,
     }
+
+
+def counting_row(*, event: UsageEvent) -> UsageEvent | None:
+    """The row that counts for the event's key now: the event itself, the latest amendment
+    that replaced it, or ``None`` once voided."""
+    if event.voided_at is None:
+        return event
+    # Amendments share the original's timestamp: the lookup reads its one partition.
+    return (
+        UsageEvent.objects.filter(amends=event, timestamp=event.timestamp, voided_at__isnull=True)
+        .order_by("-id")
+        .first()
+    )
+
+
+def event_corrections(*, event: UsageEvent) -> list[dict[str, Any]]:
+    """Every void and amendment of a keyed event, oldest first: who, when, why, before, after."""
+    return [
+        {
+            "id": c.pk,
+            "kind": c.kind,
+            "at": c.created_at,
+            "actor": c.actor_label,
+            "reason": c.reason,
+            "before": c.before,
+            "after": c.after,
+            "excluded_event_id": c.excluded_id,
+            "replacement_event_id": c.replacement_id,
+            "invoiced_period": c.late,
+            "bulk_id": c.bulk_id,
+        }
+        for c in EventCorrection.objects.filter(event=event).order_by("created_at", "id")
+    ]

@@ -19,6 +19,7 @@ from django.utils.dateparse import parse_datetime
 from ingest.exceptions import MetricExists, RejectionNotReplayable
 from ingest.models import (
     Aggregation,
+    Backfill,
     EventDuplicates,
     EventKey,
     IngestBatch,
@@ -509,6 +510,7 @@ def events_ingest(
     request_id: str = "",
     replay_of: IngestRejection | None = None,
     window_now: datetime | None = None,
+    backfill: Backfill | None = None,
     surface: str = SURFACE_API,
 ) -> IngestResult:
     """Ingests one request's items; every item gets an outcome, none fails the batch.
@@ -526,6 +528,11 @@ def events_ingest(
     adding one. ``window_now`` is the instant the timestamp window is measured from (the
     original receipt for a replay: the event arrived in time, the cause was ours).
 
+    ``backfill`` (an open backfill, checked and locked by ``ingest.backfills.backfill_ingest``,
+    which calls this inside its transaction) replaces the timestamp window with the backfill's
+    ``[starts_at, ends_at)``, outside of which an item fails with ``outside_backfill_window``;
+    the batch is linked to the backfill, whose counts add up from its batches.
+
     ``surface`` is how the items are written (``api``: ours or CloudEvents; ``openmeter``;
     ``lago``): it changes only the parsing of each item. ``source`` (the batch's and the
     events', default the surface) says where the request came through; rejections keep the
@@ -534,6 +541,8 @@ def events_ingest(
         raise ValueError(f"unknown ingest surface {surface!r}")
     source = source or surface
     started = time.perf_counter()
+    if backfill is not None:
+        source = "backfill"
     now = timezone.now()
     stored_outcome = Outcome.REPLAY if replay_of is not None else Outcome.ACCEPTED
     prefix = api_key.prefix if api_key is not None else ""
@@ -546,7 +555,12 @@ def events_ingest(
         for i, raw in enumerate(payloads)
     ]
     candidates = _prepare(
-        items, now=now, window_now=window_now or now, source=source, replay_of=replay_of
+        items,
+        now=now,
+        window_now=window_now or now,
+        source=source,
+        replay_of=replay_of,
+        backfill=backfill,
     )
 
     counts = dict.fromkeys(Outcome.values, 0)
@@ -576,6 +590,7 @@ def events_ingest(
         connection.vendor == "postgresql"
         and not connection.in_atomic_block
         and replay_of is None
+        and backfill is None
         and len(candidates) == len(items)
         and len(rows) > 0
     )
@@ -601,6 +616,8 @@ def events_ingest(
     with transaction.atomic():
         if not fast:
             batch_id, inserted, counted = _insert_batch_and_events(batch_values, rows)
+        if backfill is not None:
+            IngestBatch.objects.filter(pk=batch_id).update(backfill=backfill)
         counts, results = _settle(
             items,
             candidates,
@@ -773,12 +790,15 @@ def _prepare(
     window_now: datetime,
     source: str,
     replay_of: IngestRejection | None,
+    backfill: Backfill | None = None,
 ) -> dict[str, tuple[Item, tuple[Any, ...]]]:
     """The checks that need the database, with one lookup each for customers (with their
     invoiced watermark) and metrics. Marks failing items and returns, per key, the first valid
     item and its row (in ``_COLUMNS`` order, without the batch id)."""
     limits = Limits.from_settings()
     oldest, newest = window_now - limits.max_age, window_now + limits.max_skew
+    if backfill is not None:
+        oldest, newest = backfill.starts_at, backfill.ends_at
 
     customers, metrics = _lookup(
         {it.customer for it in items if it.error is None},
@@ -795,6 +815,16 @@ def _prepare(
             continue
         timestamp = item.timestamp
         assert timestamp is not None
+        if backfill is not None and not (oldest <= timestamp < newest):
+            item.fail(
+                "outside_backfill_window",
+                f"The timestamp is outside backfill {backfill.pk}'s window "
+                f"[{oldest.isoformat()}, {newest.isoformat()}).",
+                backfill_id=backfill.pk,
+                starts_at=oldest.isoformat(),
+                ends_at=newest.isoformat(),
+            )
+            continue
         if timestamp < oldest:
             item.fail(
                 "timestamp_too_old",
@@ -1090,5 +1120,11 @@ def ingest_prune(*, now: datetime) -> dict[str, int]:
     cutoff = now - timedelta(seconds=settings.NERUBA["NERUBA_INGEST_RETENTION"])
     with transaction.atomic():
         rejections, _ = IngestRejection.objects.filter(created_at__lt=cutoff).delete()
-        batches, _ = IngestBatch.objects.filter(received_at__lt=cutoff).delete()
+        # An open backfill's counts and its close's drift check read its batches: they stay
+        # until it is closed (its counts are frozen then).
+        batches, _ = (
+            IngestBatch.objects.filter(received_at__lt=cutoff)
+            .exclude(backfill__status=Backfill.Status.OPEN)
+            .delete()
+        )
     return {"batches": batches, "rejections": rejections}

@@ -35,9 +35,12 @@ class ActionOutcome:
     skipped: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self, label: str) -> str:
         text = f"{label}: {self.done} done, {self.skipped} skipped, {self.failed} failed."
+        if self.notes:
+            text += " " + "; ".join(self.notes[:5])
         if self.errors:
             text += " " + "; ".join(self.errors[:5])
         return text
@@ -57,7 +60,8 @@ def guarded_action(
     """Builds an admin action.
 
     ``perform(obj, actor, reason)`` calls the service and returns ``"skipped"`` when there was
-    nothing to do; raising ``NerubaError`` counts the object as failed with its message.
+    nothing to do (``"skipped: <why>"`` shows why in the message; any other text is shown with
+    the counts); raising ``NerubaError`` counts the object as failed with its message.
     ``preview(obj)`` describes what will happen (a dry run) for the confirmation page.
     With ``form`` (e.g. an amount and a reason code) the confirmation page asks for its fields
     too, and ``perform(obj, actor, reason, data)`` gets the cleaned data.
@@ -96,8 +100,14 @@ def guarded_action(
                         continue
                     if result == "skipped":
                         outcome.skipped += 1
+                    elif result is not None and result.startswith("skipped: "):
+                        # Nothing changed, with the reason shown (e.g. a dry run's count).
+                        outcome.skipped += 1
+                        outcome.notes.append(result.removeprefix("skipped: "))
                     else:
                         outcome.done += 1
+                        if result:
+                            outcome.notes.append(result)
                 level = messages.ERROR if outcome.failed else messages.SUCCESS
                 summary = outcome.summary(label)
                 # What the form understood (e.g. "amount $15.00"), so a typo shows at once.

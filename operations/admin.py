@@ -434,8 +434,8 @@ class CsvExportMixin:
 
 
 class CustomerHubAdmin(ConsolePageMixin, GuardedAdminMixin, neruba_admin.CustomerAdmin):
-    actions = [issue_credit]
-    object_actions = ["issue_credit"]
+    actions = [issue_credit, ingest_admin.void_usage_range]
+    object_actions = ["issue_credit", "void_usage_range"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Customer | None = None) -> bool:
         # Invoices, ledger entries and the audit log point at customers: history stays.
@@ -475,7 +475,7 @@ def choices_filter(title: str, field: str, values: Sequence[str]) -> type[Choice
 
 
 # Sources the ingest path writes (the API, operator replays, the demo seed).
-EVENT_SOURCES = ("api", "replay", "demo")
+EVENT_SOURCES = ("api", "replay", "demo", "backfill", "amend")
 
 
 class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.UsageEventAdmin):
@@ -502,7 +502,9 @@ class UsageEventConsoleAdmin(ConsolePageMixin, ExactSearchMixin, ingest_admin.Us
 
     def console_context(self, request: HttpRequest, obj: UsageEvent) -> dict[str, Any]:
         context = super().console_context(request, obj)
-        context["console_links"].append(_explain_link(obj.idempotency_key))
+        # An amendment's row has no key of its own: explain the event it amends.
+        key = obj.amends.idempotency_key if obj.amends_id else obj.idempotency_key
+        context["console_links"].append(_explain_link(key or ""))
         return context
 
 

@@ -27,7 +27,7 @@ from billing.models import (
 )
 from billing.periods import period_current
 from ingest.models import IngestRejection, UsageEvent
-from ingest.selectors import event_history
+from ingest.selectors import counting_row, event_history
 from ingest.services import rejection_replay
 from neruba.money import money, quantity
 
@@ -260,6 +260,53 @@ def _invoice_steps(
     )
 
 
+def _correction_steps(
+    explanation: Explanation, event: UsageEvent, corrections: list[dict[str, Any]]
+) -> UsageEvent | None:
+    """One step per void or amendment; returns the row counted for the key now (``None`` once
+    voided)."""
+    for c in corrections:
+        before, after = c["before"], c["after"]
+        if c["kind"] == "void":
+            detail = (
+                f"by {c['actor']}: “{c['reason']}”. Value {before.get('value') or '—'} no longer "
+                "counts in any aggregation."
+            )
+        else:
+            detail = (
+                f"by {c['actor']}: “{c['reason']}”. Properties {before.get('properties')} → "
+                f"{after.get('properties')}; value {before.get('value') or '—'} → "
+                f"{after.get('value') or '—'} (counted as event {c['replacement_event_id']})."
+            )
+        if c["invoiced_period"]:
+            detail += " Its period was already invoiced: the drift sweep re-checks the window."
+        title = "Voided" if c["kind"] == "void" else "Amended"
+        explanation.add(f"{title} at {_at(c['at'])}", WARN, detail, event)
+    return counting_row(event=event)
+
+
+def _voided(explanation: Explanation, event: UsageEvent, last: dict[str, Any]) -> Explanation:
+    finding = (
+        DriftFinding.objects.filter(
+            window__subscription__customer_id=event.customer_id,
+            window__period_start__lte=event.timestamp,
+            window__period_end__gt=event.timestamp,
+            metric_id=event.metric_id,
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    tail = ""
+    if finding is not None:
+        tail = f"; drift finding #{finding.pk} is {finding.status}"
+    elif last["invoiced_period"]:
+        tail = "; its window was invoiced, the next drift sweep raises a finding"
+    return explanation.stop(
+        f"Voided at {_at(last['at'])} by {last['actor']} (“{last['reason']}”): no longer "
+        f"billed{tail}."
+    )
+
+
 def explain_key(*, idempotency_key: str) -> Explanation:
     """The billing chain for one idempotency key; ``verdict`` is the one-line answer."""
     explanation = Explanation(idempotency_key=idempotency_key)
@@ -306,11 +353,17 @@ def explain_key(*, idempotency_key: str) -> Explanation:
             f"{_at(rejection.created_at)}: {rejection.error_code} — {rejection.error_message}",
             rejection,
         )
+    counted = _correction_steps(explanation, event, found["corrections"])
+    if counted is None:
+        return _voided(explanation, event, found["corrections"][-1])
     explanation.add(
         "Customer and metric",
         OK,
         f"customer {event.customer.external_id}, metric {event.metric.code} "
-        f"({event.metric.aggregation}); value {quantity(event.value)}.",
+        f"({event.metric.aggregation}); value "
+        + (quantity(counted.value) if counted.value is not None else "—")
+        + (f" (amended; counted as event {counted.pk})" if counted.pk != event.pk else "")
+        + ".",
         event.customer,
     )
     subscription = _subscription_at(event)

@@ -18,7 +18,7 @@ from django.db.models import Model
 
 from billing.models import CreditEntry, Dispute, Invoice, PaymentFinding, Refund, Subscription
 from billing.selectors import cash_totals, credit_balances
-from ingest.models import IngestRejection, UsageEvent
+from ingest.models import EventCorrection, IngestRejection, UsageEvent
 from neruba.models import AuditEntry, Customer, SupportNote
 from webhooks.models import StripeEvent
 
@@ -112,6 +112,14 @@ def customer_hub(*, customer: Customer, limit: int = LIMIT) -> CustomerHub:
             .select_related("metric")
             .order_by("-timestamp"),
             ("ingest_usageevent_changelist", by_pk),
+        ),
+        (
+            "corrections",
+            "Usage corrections",
+            EventCorrection.objects.filter(event__customer=customer)
+            .select_related("event__metric")
+            .order_by("-created_at", "-id"),
+            ("ingest_eventcorrection_changelist", f"?q={customer.external_id}"),
         ),
         (
             "rejections",

@@ -15,7 +15,13 @@ _VIEW_CATALOG = [
     "billing.view_subscription",
     "ingest.view_metric",
 ]
-_VIEW_USAGE = ["ingest.view_usageevent", "ingest.view_ingestbatch", "ingest.view_ingestrejection"]
+_VIEW_USAGE = [
+    "ingest.view_usageevent",
+    "ingest.view_ingestbatch",
+    "ingest.view_ingestrejection",
+    "ingest.view_backfill",
+    "ingest.view_eventcorrection",
+]
 _VIEW_BILLING = [
     "billing.view_invoice",
     "billing.view_invoiceline",
@@ -41,7 +47,8 @@ _NOTES = ["neruba.view_supportnote", "neruba.add_supportnote", "neruba.view_audi
 ROLES: dict[str, dict[str, Any]] = {
     "Support": {
         "summary": "Answers customers: sees customers, usage, invoices, credits and webhook "
-        "events; creates or fixes customers; replays failed ingest items; writes notes.",
+        "events; creates or fixes customers; replays failed ingest items; voids or amends wrong "
+        "usage events; writes notes.",
         "permissions": _VIEW_CATALOG
         + _VIEW_USAGE
         + _VIEW_BILLING
@@ -51,6 +58,7 @@ ROLES: dict[str, dict[str, Any]] = {
             "neruba.add_customer",
             "neruba.change_customer",
             "ingest.replay_ingestrejection",
+            "ingest.correct_usageevent",
         ],
     },
     "Finance": {

@@ -14,7 +14,9 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from ingest.models import EventArchive, EventKey, UsageEvent
+from ingest.corrections import event_amend, event_for_key, event_void
+from ingest.exceptions import EventNotCorrectable
+from ingest.models import EventArchive, EventCorrection, EventKey, UsageEvent
 from ingest.selectors import event_history
 from ingest.services import events_ingest
 from neruba.models import AuditEntry
@@ -150,3 +152,49 @@ def test_an_archive_whose_export_failed_resumes_from_the_detached_table(
     assert not _exists("ingest_usageevent_y2029m01_archived")
     assert EventArchive.objects.get().path.endswith("usage-events-2029-01.csv.gz")
     assert AuditEntry.objects.filter(action="usage_events.archive").count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_corrections_on_the_partitioned_store_keep_keys_refused_and_survive_archival(
+    january: list[int], tmp_path: Path
+) -> None:
+    with time_machine.travel(datetime(2029, 1, 25, tzinfo=UTC), tick=False):
+        event_void(event=event_for_key(idempotency_key="jan-0"), actor=None, reason="double")
+        amended = event_amend(
+            event=event_for_key(idempotency_key="jan-1"),
+            actor=None,
+            reason="unit",
+            properties={"endpoint": "/v1/other"},
+        )
+        # The amendment's row is in the original's partition and claims no registry key.
+        replacement = UsageEvent.objects.get(pk=amended.replacement_id)
+        assert replacement.idempotency_key is None and replacement.amends_id == january[1]
+        assert EventKey.objects.count() == 5
+        assert not EventKey.objects.filter(event_id=replacement.pk).exists()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT tableoid::regclass::text FROM ingest_usageevent WHERE id = %s",
+                [replacement.pk],
+            )
+            assert cursor.fetchone()[0] == "ingest_usageevent_y2029m01"
+        # A voided key stays refused: a resend is a duplicate, never a second counted row.
+        again = events_ingest(
+            payloads=[event("jan-0", timestamp="2029-01-19T10:00:00Z")], api_key=None
+        )
+        assert again.results[0]["outcome"] == "duplicate"
+        assert UsageEvent.objects.filter(idempotency_key="jan-0").count() == 1
+        counted = UsageEvent.objects.filter(voided_at__isnull=True).count()
+        assert counted == 4  # jan-0 voided; jan-1 replaced by its amendment
+
+    with time_machine.travel(datetime(2029, 7, 1, tzinfo=UTC), tick=False):
+        assert "archived 6 events" in _archive(tmp_path, "--apply", "--reason", "storage")
+        # The corrections stay (no constraint ties them to the detached partition), the keys
+        # stay refused, and an archived event can no longer be corrected.
+        assert EventCorrection.objects.count() == 2
+        reused = events_ingest(
+            payloads=[event("jan-0", timestamp="2029-06-30T10:00:00Z")], api_key=None
+        )
+        assert reused.results[0]["outcome"] == "conflict"
+        with pytest.raises(EventNotCorrectable, match="archived"):
+            event_for_key(idempotency_key="jan-1")

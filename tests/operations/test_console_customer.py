@@ -311,7 +311,7 @@ def test_every_full_list_link_on_the_customer_page_opens_the_filtered_list(
     client = client_for(console_user, "superuser")
     html = client.get(_customer_url(history)).content.decode()
     links = re.findall(r'<small>\(<a href="([^"]+)">', html)
-    assert len(links) == 10
+    assert len(links) == 11
     for link in links:
         response = client.get(link.replace("&amp;", "&"))
         assert response.status_code == 200, link

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from billing import services as billing_services
 from billing.models import BillingWindow, DriftFinding, Invoice, PaymentCharge, PaymentFinding
-from ingest.models import IngestRejection
+from ingest.models import IngestRejection, UsageEvent
 from neruba import locks
 from neruba import services as kernel_services
 from neruba.admin_actions import GuardedAdminMixin
@@ -82,6 +82,7 @@ def records(catalog: dict[str, Any], django_capture_on_commit_callbacks: Any) ->
         OutboundMessage: delivery.message,
         OutboundDelivery: delivery,
         PaymentFinding: PaymentFinding.objects.get(),
+        UsageEvent: UsageEvent.objects.filter(idempotency_key="p-ok").get(),
         Customer: catalog["customer"],
         Invoice: invoice,
         BillingWindow: window,

@@ -1,6 +1,6 @@
-"""``manage.py benchmark {ingest,billing,webhooks,console,drift,outbound}``: ratios against a
-raw-database baseline measured in the same run, so an operator can size a deployment on their
-own hardware.
+"""``manage.py benchmark {ingest,billing,webhooks,console,drift,outbound,corrections}``: ratios
+against a raw-database baseline measured in the same run, so an operator can size a deployment
+on their own hardware.
 
 Each app owns its benchmark in ``<app>/benchmark.py`` as ``add_arguments(parser)`` and
 ``run(command, **options) -> bool`` (False when a target was missed)."""
@@ -19,6 +19,7 @@ SUITES = {
     "console": "operations.benchmark_console",
     "drift": "billing.benchmark_drift",
     "outbound": "webhooks.benchmark_outbound",
+    "corrections": "billing.benchmark_corrections",
 }
 
 
