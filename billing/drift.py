@@ -34,7 +34,8 @@ from billing.exceptions import FindingNotOpen, ResolutionInvalid
 from billing.models import BillingWindow, DriftFinding, Invoice, InvoiceLine, Price
 from billing.pricing import amount_round, decimal_str, price_amount
 from billing.selectors import prices_by_plan
-from billing.services import UNPAID, RerunResult, invoice_rerun
+from billing.services.invoicing import UNPAID
+from billing.services.reruns import RerunResult, invoice_rerun
 from billing.usage import WindowRef, usage_for_windows
 from ingest.models import Backfill, Metric
 from neruba import audit
@@ -459,7 +460,7 @@ def finding_resolve(
     """Resolves an open finding. Dry run (the default) only shows what would happen.
 
     - ``rerun`` (unpaid invoice): the window is re-priced from the events stored now; the invoice
-      is voided and a superseding one issued (``billing.services.invoice_rerun``).
+      is voided and a superseding one issued (``billing.services.reruns.invoice_rerun``).
     - ``credit`` (paid invoice): the window is re-priced and the difference settled without
       touching the paid invoice: a ``correction`` credit when the customer was over-billed, a
       supplementary invoice when under-billed (``supplementary`` is the same action).

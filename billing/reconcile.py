@@ -27,7 +27,7 @@ from billing import messages
 from billing.models import DriftFinding, Invoice
 from billing.payments import invoice_payment_status_record
 from billing.providers import PaymentProvider, StripeProvider, provider_get
-from billing.services import UNPAID
+from billing.services.invoicing import UNPAID
 from neruba.fencing import fenced, lease_renew
 from neruba.locks import Lease
 

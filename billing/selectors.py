@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
+from billing.drafts import WindowRow, invoice_draft
 from billing.exceptions import InvoiceNotFound, PlanNotFound
 from billing.models import (
     CreditEntry,
@@ -115,8 +116,6 @@ class CurrentUsage:
 def usage_current(*, customer: Customer, at: datetime | None = None) -> list[CurrentUsage]:
     """The open window of each active subscription: quantities so far and the amount they
     would bill at (base fee included), aggregated in the database."""
-    from billing.services import WindowRow, invoice_draft
-
     at = at or timezone.now()
     prices = prices_by_plan()
     out: list[CurrentUsage] = []

@@ -24,22 +24,17 @@ from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from billing.drafts import invoice_draft, metric_aggregations, window_ref
 from billing.models import BillingRun, BillingShard, Invoice, Plan
 from billing.selectors import prices_by_plan
-from billing.services import (
+from billing.services.invoicing import _window_rows, billing_cutoff, windows_due, windows_generate
+from billing.services.scan import (
     BILLING_LOCK,
     DEFAULT_BATCH,
     DEFAULT_CHUNK,
-    _aggregations,
     _batch_bill,
     _runs_abandon,
     _window_failed,
-    _window_ref,
-    _window_rows,
-    billing_cutoff,
-    invoice_draft,
-    windows_due,
-    windows_generate,
 )
 from billing.usage import usage_for_windows
 from neruba import audit
@@ -213,7 +208,7 @@ def _shard_pass(
     cutoff = billing_cutoff(as_of=shard.run.as_of)
     prices = prices_by_plan()
     plans: dict[int, Plan] = {}
-    aggregations = _aggregations()
+    aggregations = metric_aggregations()
     due = windows_due(cutoff=cutoff).filter(
         subscription__customer_id__gte=shard.customer_from,
         subscription__customer_id__lte=shard.customer_to,
@@ -229,7 +224,7 @@ def _shard_pass(
                 break
             last = (chunk[-1].period_end, chunk[-1].id)
             usage = usage_for_windows(
-                windows=[_window_ref(w, prices.get(w.plan.pk, [])) for w in chunk],
+                windows=[window_ref(w, prices.get(w.plan.pk, [])) for w in chunk],
                 aggregations=aggregations,
             )
             tally.scanned += len(chunk)

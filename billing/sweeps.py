@@ -13,7 +13,8 @@ from django.utils import timezone
 from billing.drift import usage_drift_sweep
 from billing.models import BillingRun, BillingWindow, ProviderSync
 from billing.reconcile import reconciliation_sweep
-from billing.services import BILLING_LOCK, SHARD_UNFINISHED, SYNC_MAX_ATTEMPTS, provider_sync_send
+from billing.services.outbox import SYNC_MAX_ATTEMPTS, provider_sync_send
+from billing.services.scan import BILLING_LOCK, SHARD_UNFINISHED
 from neruba.fencing import fenced, lease_renew
 from neruba.locks import Lease, lock_live_token
 

@@ -14,7 +14,8 @@ import pytest
 from django.db.models import Count, Q, Sum
 
 from billing import services
-from billing.models import BillingRun, BillingWindow, Invoice
+from billing.models import BillingRun, BillingWindow, Invoice, InvoiceLine
+from billing.services import invoicing
 from tests import factories, processes
 from tests.billing.helpers import add_events
 from tests.factories import leases_expire
@@ -138,19 +139,20 @@ def _scan_then_stall(as_of: str, ready: str, go: str, where: str) -> tuple[str, 
         if where == "between" and run.invoiced == 2 and not Path(ready).exists():
             _stall(ready, go)
 
-    original = services._rows_insert
+    # The writer looks ``_rows_insert`` up in its own module, so that is where it is patched.
+    original = invoicing._rows_insert
     armed = {"copy": False}
 
     def rows_insert(*, model: Any, columns: list[str], rows: list[tuple]) -> list[int]:
-        if model is services.Invoice:
+        if model is Invoice:
             batches["n"] += 1
             armed["copy"] = where == "copy" and batches["n"] == 2
         ids = original(model=model, columns=columns, rows=rows)
-        if where == "idle" and model is services.InvoiceLine and batches["n"] == 2:
+        if where == "idle" and model is InvoiceLine and batches["n"] == 2:
             _stall(ready, go)  # idle in the fenced transaction, its invoices written
         return ids
 
-    services._rows_insert = rows_insert  # type: ignore[assignment]
+    invoicing._rows_insert = rows_insert  # type: ignore[assignment]
     if where == "copy":
         import psycopg
 
