@@ -1,4 +1,5 @@
-"""The composition root: the only kernel module that may import the apps."""
+"""The composition root: the only kernel module that names the apps, and only as strings
+(``include("app.urls")``, handler paths), so the kernel imports no app module."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from django.views.generic import RedirectView
 
 from neruba.admin_site import console
 from neruba.errors import api_not_found
-from operations import views as ops_views
-from operations.metrics import metrics_view
 
 admin.autodiscover()
 
@@ -23,11 +22,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
-    path("healthz", ops_views.healthz, name="healthz"),
-    path("readyz", ops_views.readyz, name="readyz"),
-    path("metrics", metrics_view, name="metrics"),
-    path("openapi.json", ops_views.openapi_schema, name="openapi-schema"),
-    path("docs", ops_views.docs, name="docs"),
+    # Probes, /metrics, the OpenAPI schema and docs (operations.root_urls).
+    path("", include("operations.root_urls")),
     path("webhooks/", include("webhooks.urls")),
     path("api/v1/", include(api_v1)),
     # Drop-in ingest for clients written against OpenMeter's or Lago's API.
