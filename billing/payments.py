@@ -299,6 +299,18 @@ def _charge_lock(
     return PaymentCharge.objects.select_for_update().get(charge_id=charge_id)
 
 
+def _charge_collected(
+    *, charge: PaymentCharge, invoice: Invoice | None, refunded: int, largest_dispute: int
+) -> int:
+    """What the charge collected (see ``_charge_settle``): the amount an event showed, else what
+    its invoice was paid, else the least it can have been."""
+    if charge.amount:
+        return charge.amount
+    if invoice is not None and invoice.amount_paid > 0:
+        return invoice.amount_paid
+    return max(refunded, largest_dispute)
+
+
 def _charge_settle(
     *,
     charge: PaymentCharge,
@@ -322,12 +334,9 @@ def _charge_settle(
     refunded = _sum(refunds.filter(status=REFUND_SUCCEEDED))
     disputed = _sum(disputes.filter(status=DISPUTE_LOST))
     largest_dispute = int(disputes.aggregate(m=Max("amount"))["m"] or 0)
-    if charge.amount:
-        collected = charge.amount
-    elif invoice is not None and invoice.amount_paid > 0:
-        collected = invoice.amount_paid
-    else:
-        collected = max(refunded, largest_dispute)
+    collected = _charge_collected(
+        charge=charge, invoice=invoice, refunded=refunded, largest_dispute=largest_dispute
+    )
     now = timezone.now()
     if (charge.amount_refunded, charge.amount_disputed) != (refunded, disputed):
         charge.amount_refunded, charge.amount_disputed = refunded, disputed

@@ -84,6 +84,14 @@ def _customers_clause(customer_ids: list[int]) -> tuple[str, list[Any]]:
     return "IN ({})".format(",".join(str(int(c)) for c in customer_ids)), []
 
 
+def _row_quantity(*, distinct: bool, aggregation: str, values: list[Any]) -> Decimal:
+    """One row of ``_PERIOD_USAGE_SQL``: the distinct count, or (count, sum, max) aggregated."""
+    if distinct:
+        return _decimal(values[0])
+    count, total, peak = values
+    return usage_quantity(aggregation=aggregation, count=count, total=total, peak=peak)
+
+
 def usage_for_windows(
     *, windows: Sequence[WindowRef], aggregations: dict[int, str]
 ) -> dict[int, dict[int, Decimal]]:
@@ -120,16 +128,11 @@ def usage_for_windows(
                 for customer_id, metric_id, *values in cursor.fetchall():
                     if customer_id not in by_customer:  # in the id range, not in the chunk
                         continue
-                    if select is _PLAIN:
-                        count, total, peak = values
-                        quantity = usage_quantity(
-                            aggregation=aggregations.get(metric_id, "count"),
-                            count=count,
-                            total=total,
-                            peak=peak,
-                        )
-                    else:
-                        quantity = _decimal(values[0])
+                    quantity = _row_quantity(
+                        distinct=select is _DISTINCT,
+                        aggregation=aggregations.get(metric_id, "count"),
+                        values=values,
+                    )
                     for ref in by_customer[customer_id]:
                         if metric_id in ref.metric_ids:
                             usage[ref.window_id][metric_id] = quantity

@@ -22,16 +22,20 @@ class Envelope:
     cloudevents: bool
 
 
-def parse_envelope(body: bytes, content_type: str, *, max_items: int) -> Envelope:
+def _mode(content_type: str) -> str:
+    """``ce`` (one structured CloudEvent), ``ce-batch`` or ``json``, from the media type."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == CLOUDEVENT:
-        mode = "ce"
-    elif media == CLOUDEVENT_BATCH:
-        mode = "ce-batch"
-    elif media in ("", "application/json") or media.endswith("+json"):
-        mode = "json"
-    else:
-        raise UnsupportedMediaType(details={"content_type": media})
+        return "ce"
+    if media == CLOUDEVENT_BATCH:
+        return "ce-batch"
+    if media in ("", "application/json") or media.endswith("+json"):
+        return "json"
+    raise UnsupportedMediaType(details={"content_type": media})
+
+
+def parse_envelope(body: bytes, content_type: str, *, max_items: int) -> Envelope:
+    mode = _mode(content_type)
     # Strict: duplicate keys, NaN/Infinity, out-of-range numbers and deep nesting are 400s
     # with their own codes (``neruba.jsonparse``) before any item is looked at.
     document = loads_strict(body)

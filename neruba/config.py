@@ -457,6 +457,68 @@ def _weak_secret_key(key: str) -> str | None:
     return None
 
 
+def _parsed(
+    *, var: Var, raw: str, source: str, env: str, problems: list[Problem]
+) -> tuple[Any, str]:
+    """One variable's value and source; a bad value is a fatal problem and falls back to the
+    environment's default."""
+    try:
+        value = PARSERS[var.kind](raw)
+        if var.choices and value not in var.choices:
+            raise ConfigValueError(f"must be one of {', '.join(var.choices)}, got {value!r}")
+    except ConfigValueError as exc:
+        message = str(exc)
+        if var.secret:
+            # A malformed secret is still a secret: name the problem, never the value.
+            message = message.split(", got ")[0] + " (value not shown: secret)"
+        problems.append(Problem("fatal", var.name, message))
+        value = PARSERS[var.kind](var.default_for(env)) if var.name != "NERUBA_ENV" else env
+        return value, "default"
+    return value, source
+
+
+def _production_problems(*, values: dict[str, Any]) -> list[Problem]:
+    """The settings that are legal anywhere but unsafe in production."""
+    problems: list[Problem] = []
+    if values["DEBUG"]:
+        problems.append(Problem("fatal", "DEBUG", "must be off in production"))
+    weak = _weak_secret_key(values["SECRET_KEY"])
+    if weak:
+        problems.append(Problem("fatal", "SECRET_KEY", weak))
+    db = values["DATABASE_URL"]
+    if db and urlsplit(db).scheme not in {"postgres", "postgresql", "pgsql", "psql"}:
+        problems.append(
+            Problem(
+                "fatal",
+                "DATABASE_URL",
+                "must be PostgreSQL in production (SQLite is for development)",
+            )
+        )
+    if values["NERUBA_API_DOCS"] == "public":
+        problems.append(
+            Problem("fatal", "NERUBA_API_DOCS", "public API docs in production: use off or staff")
+        )
+    if "*" in values["ALLOWED_HOSTS"]:
+        problems.append(Problem("fatal", "ALLOWED_HOSTS", "a wildcard host is unsafe"))
+    if not values["NERUBA_SSL_REDIRECT"] and not values["NERUBA_TRUST_PROXY_HEADERS"]:
+        problems.append(
+            Problem(
+                "warning",
+                "NERUBA_SSL_REDIRECT",
+                "off without a trusted TLS proxy: traffic may be plain HTTP",
+            )
+        )
+    if not values["METRICS_TOKEN"]:
+        problems.append(
+            Problem(
+                "warning",
+                "METRICS_TOKEN",
+                "unset: /metrics is readable by anyone who can reach it",
+            )
+        )
+    return problems
+
+
 def load(environ: Mapping[str, str]) -> Config:
     problems: list[Problem] = []
     env = environ.get("NERUBA_ENV", "development").strip() or "development"
@@ -472,18 +534,7 @@ def load(environ: Mapping[str, str]) -> Config:
         raw, source = _raw_value(var, environ, problems)
         if source == "default":
             raw = var.default_for(env)
-        try:
-            value = PARSERS[var.kind](raw)
-            if var.choices and value not in var.choices:
-                raise ConfigValueError(f"must be one of {', '.join(var.choices)}, got {value!r}")
-        except ConfigValueError as exc:
-            message = str(exc)
-            if var.secret:
-                # A malformed secret is still a secret: name the problem, never the value.
-                message = message.split(", got ")[0] + " (value not shown: secret)"
-            problems.append(Problem("fatal", var.name, message))
-            value = PARSERS[var.kind](var.default_for(env)) if var.name != "NERUBA_ENV" else env
-            source = "default"
+        value, source = _parsed(var=var, raw=raw, source=source, env=env, problems=problems)
         if var.name == "NERUBA_ENV":
             value = env
         config.values[var.name] = value
@@ -492,45 +543,7 @@ def load(environ: Mapping[str, str]) -> Config:
             problems.append(Problem("fatal", var.name, "is required in production"))
 
     if production:
-        values = config.values
-        if values["DEBUG"]:
-            problems.append(Problem("fatal", "DEBUG", "must be off in production"))
-        weak = _weak_secret_key(values["SECRET_KEY"])
-        if weak:
-            problems.append(Problem("fatal", "SECRET_KEY", weak))
-        db = values["DATABASE_URL"]
-        if db and urlsplit(db).scheme not in {"postgres", "postgresql", "pgsql", "psql"}:
-            problems.append(
-                Problem(
-                    "fatal",
-                    "DATABASE_URL",
-                    "must be PostgreSQL in production (SQLite is for development)",
-                )
-            )
-        if values["NERUBA_API_DOCS"] == "public":
-            problems.append(
-                Problem(
-                    "fatal", "NERUBA_API_DOCS", "public API docs in production: use off or staff"
-                )
-            )
-        if "*" in values["ALLOWED_HOSTS"]:
-            problems.append(Problem("fatal", "ALLOWED_HOSTS", "a wildcard host is unsafe"))
-        if not values["NERUBA_SSL_REDIRECT"] and not values["NERUBA_TRUST_PROXY_HEADERS"]:
-            problems.append(
-                Problem(
-                    "warning",
-                    "NERUBA_SSL_REDIRECT",
-                    "off without a trusted TLS proxy: traffic may be plain HTTP",
-                )
-            )
-        if not values["METRICS_TOKEN"]:
-            problems.append(
-                Problem(
-                    "warning",
-                    "METRICS_TOKEN",
-                    "unset: /metrics is readable by anyone who can reach it",
-                )
-            )
+        problems.extend(_production_problems(values=config.values))
     if config.values["STRIPE_SECRET_KEY"] and not config.values["STRIPE_WEBHOOK_SECRETS"]:
         problems.append(
             Problem(
