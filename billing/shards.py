@@ -21,22 +21,19 @@ import logging
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
-from billing.drafts import invoice_draft, metric_aggregations, window_ref
-from billing.models import BillingRun, BillingShard, Invoice, Plan
-from billing.selectors import prices_by_plan
-from billing.services.invoicing import _window_rows, billing_cutoff, windows_due, windows_generate
+from billing.models import BillingRun, BillingShard, Invoice
+from billing.services.invoicing import billing_cutoff, windows_due, windows_generate
 from billing.services.scan import (
     BILLING_LOCK,
     DEFAULT_BATCH,
     DEFAULT_CHUNK,
     _batch_bill,
     _runs_abandon,
-    _window_failed,
+    due_drafts,
 )
-from billing.usage import usage_for_windows
 from neruba import audit
 from neruba.fencing import fenced
 from neruba.locks import LockLost, default_holder, lock_acquire, lock_heartbeat, lock_release
@@ -206,38 +203,12 @@ def _shard_pass(
     *, shard: BillingShard, tally: BillingRun, lease: object, chunk_size: int, batch_size: int
 ) -> str:
     cutoff = billing_cutoff(as_of=shard.run.as_of)
-    prices = prices_by_plan()
-    plans: dict[int, Plan] = {}
-    aggregations = metric_aggregations()
     due = windows_due(cutoff=cutoff).filter(
         subscription__customer_id__gte=shard.customer_from,
         subscription__customer_id__lte=shard.customer_to,
     )
-    last: tuple[datetime, int] | None = None
     try:
-        while True:
-            page = due
-            if last is not None:
-                page = due.filter(Q(period_end__gt=last[0]) | Q(period_end=last[0], id__gt=last[1]))
-            chunk = _window_rows(page[:chunk_size], plans)
-            if not chunk:
-                break
-            last = (chunk[-1].period_end, chunk[-1].id)
-            usage = usage_for_windows(
-                windows=[window_ref(w, prices.get(w.plan.pk, [])) for w in chunk],
-                aggregations=aggregations,
-            )
-            tally.scanned += len(chunk)
-            drafts = []
-            for w in chunk:
-                try:
-                    drafts.append(
-                        invoice_draft(
-                            window=w, usage=usage.get(w.id, {}), prices=prices.get(w.plan.pk, [])
-                        )
-                    )
-                except Exception as exc:  # a bad price fails its window, not the shard
-                    _window_failed(run=tally, window_id=w.id, exc=exc, record=True)
+        for drafts in due_drafts(due=due, run=tally, chunk_size=chunk_size, record=True):
             for start in range(0, len(drafts), batch_size):
                 _batch_bill(
                     run=tally,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from billing import messages
@@ -197,22 +197,17 @@ def billing_scan(
     )
 
 
-def _scan_windows(
-    *,
-    leased: LeasedRun[BillingRun],
-    cutoff: datetime,
-    dry_run: bool,
-    chunk_size: int,
-    batch_size: int,
-    on_progress: Callable[[BillingRun], None] | None,
-) -> None:
-    """Steps 2 to 4 of ``billing_scan``."""
-    run = leased.record
-    windows_generate(through=cutoff)
+def due_drafts(
+    *, due: QuerySet[BillingWindow], run: BillingRun, chunk_size: int, record: bool
+) -> Iterator[list[InvoiceDraft]]:
+    """The windows of ``due``, a chunk at a time in (period_end, id) order (keyset paging, so
+    windows billed meanwhile never shift a page), priced into drafts. Each chunk counts as
+    scanned on ``run``; a window whose pricing fails is counted failed there (a bad price fails
+    its window, not the pass) and, with ``record``, marked failed. Used by the one-process scan
+    and by each shard of a fanned-out pass."""
     prices = prices_by_plan()
     plans: dict[int, Plan] = {}
     aggregations = metric_aggregations()
-    due = windows_due(cutoff=cutoff)
     last: tuple[datetime, int] | None = None
     while True:
         page = due
@@ -220,7 +215,7 @@ def _scan_windows(
             page = due.filter(Q(period_end__gt=last[0]) | Q(period_end=last[0], id__gt=last[1]))
         chunk = _window_rows(page[:chunk_size], plans)
         if not chunk:
-            break
+            return
         last = (chunk[-1].period_end, chunk[-1].id)
         usage = usage_for_windows(
             windows=[window_ref(w, prices.get(w.plan.pk, [])) for w in chunk],
@@ -235,8 +230,26 @@ def _scan_windows(
                         window=w, usage=usage.get(w.id, {}), prices=prices.get(w.plan.pk, [])
                     )
                 )
-            except Exception as exc:  # a bad price fails its window, not the scan
-                _window_failed(run=run, window_id=w.id, exc=exc, record=not dry_run)
+            except Exception as exc:
+                _window_failed(run=run, window_id=w.id, exc=exc, record=record)
+        yield drafts
+
+
+def _scan_windows(
+    *,
+    leased: LeasedRun[BillingRun],
+    cutoff: datetime,
+    dry_run: bool,
+    chunk_size: int,
+    batch_size: int,
+    on_progress: Callable[[BillingRun], None] | None,
+) -> None:
+    """Steps 2 to 4 of ``billing_scan``."""
+    run = leased.record
+    windows_generate(through=cutoff)
+    for drafts in due_drafts(
+        due=windows_due(cutoff=cutoff), run=run, chunk_size=chunk_size, record=not dry_run
+    ):
         if dry_run:
             run.invoiced += len(drafts)
             run.invoiced_amount += sum(d.subtotal for d in drafts)
