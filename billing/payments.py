@@ -543,14 +543,36 @@ def refund_record(
             source=source,
             result=result,
         )
-        if refund.invoice_id is None and locked is not None:
-            Refund.objects.filter(pk=refund.pk).update(invoice=locked)
-        if charge is not None:
-            _charge_amount_note(charge, charge_amount, result)
-            _charge_settle(charge=charge, invoice=locked, source=source, result=result)
-        elif locked is not None:
-            invoice_cash_refresh(invoice=locked)
+        _cash_settle(
+            row=refund,
+            charge=charge,
+            invoice=locked,
+            charge_amount=charge_amount,
+            source=source,
+            result=result,
+        )
     return result
+
+
+def _cash_settle(
+    *,
+    row: Refund | Dispute,
+    charge: PaymentCharge | None,
+    invoice: Invoice | None,
+    charge_amount: int | None,
+    source: str,
+    result: PaymentChange,
+) -> None:
+    """After a refund or dispute row is in step (inside its transaction): link it to the
+    invoice learnt late, then settle the charge's sums (and its over-return finding), or, for a
+    charge Neruba never saw, recompute the invoice's cash amounts alone."""
+    if row.invoice_id is None and invoice is not None:
+        type(row).objects.filter(pk=row.pk).update(invoice=invoice)
+    if charge is not None:
+        _charge_amount_note(charge, charge_amount, result)
+        _charge_settle(charge=charge, invoice=invoice, source=source, result=result)
+    elif invoice is not None:
+        invoice_cash_refresh(invoice=invoice)
 
 
 def dispute_record(
@@ -604,13 +626,14 @@ def dispute_record(
             source=source,
             result=result,
         )
-        if dispute.invoice_id is None and locked is not None:
-            Dispute.objects.filter(pk=dispute.pk).update(invoice=locked)
-        if charge is not None:
-            _charge_amount_note(charge, charge_amount, result)
-            _charge_settle(charge=charge, invoice=locked, source=source, result=result)
-        elif locked is not None:
-            invoice_cash_refresh(invoice=locked)
+        _cash_settle(
+            row=dispute,
+            charge=charge,
+            invoice=locked,
+            charge_amount=charge_amount,
+            source=source,
+            result=result,
+        )
     return result
 
 
